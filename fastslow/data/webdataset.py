@@ -1,0 +1,111 @@
+"""webdataset tar shards as img2dataset writes them: `{key}.jpg|png|mp4...`, `{key}.txt`, `{key}.json`."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from collections.abc import Iterator
+
+from fastslow import storage
+from fastslow.data.decode import media_from_extension
+from fastslow.data.registry import DatasetReader
+from fastslow.data.types import ReadReport, Sample
+from fastslow.errors import FastslowError
+
+
+def _key_and_ext(name: str) -> tuple[str, str]:
+    """webdataset convention: the key is the path up to the first dot of the file name."""
+    folder, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+class WebDatasetReader(DatasetReader):
+    """Streams each shard (never held whole, also on S3); `Sample.data` holds the media bytes.
+
+    The caption is the whole `.txt` member; `.json` metadata goes to `Sample.meta`. A truncated shard
+    is reported once (the rest of that shard is lost) and reading goes on with the next shard.
+    """
+
+    def __init__(self, shard_uris: list[str]):
+        if not shard_uris:
+            raise FastslowError("webdataset reader given no shards")
+        self.shard_uris = list(shard_uris)
+        self.source = shard_uris[0] if len(shard_uris) == 1 else f"{shard_uris[0]} (+{len(shard_uris) - 1} shards)"
+
+    def samples(self, split: str | None, report: ReadReport) -> Iterator[Sample]:
+        self.check_split(split)
+        seen: set[str] = set()
+        for shard in self.shard_uris:
+            yield from self._shard_samples(shard, report, seen)
+
+    def _shard_samples(self, shard: str, report: ReadReport, seen: set[str]) -> Iterator[Sample]:
+        group: dict[str, bytes] = {}
+        key: str | None = None
+        with storage.open_read(shard) as stream:
+            try:
+                tar = tarfile.open(fileobj=stream, mode="r|*")
+            except (tarfile.TarError, EOFError, OSError) as e:
+                raise FastslowError(f"{shard}: not a tar file ({e})") from None
+            try:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    member_key, ext = _key_and_ext(member.name)
+                    if member_key != key:
+                        if key is not None:
+                            yield from self._finish(shard, key, group, report, seen)
+                        key, group = member_key, {}
+                    if ext == "txt" or ext == "json" or media_from_extension("x." + ext) is not None:
+                        # Streaming mode: a member's bytes must be read before moving on to the next.
+                        group[ext] = tar.extractfile(member).read()
+                # tarfile ends quietly when the data stops at or inside a header; a whole archive
+                # ends with a full (zero) block read past the last member.
+                if tar.fileobj.tell() < tar.offset + tarfile.BLOCKSIZE:
+                    raise EOFError("no end-of-archive block")
+            except (tarfile.TarError, EOFError, OSError) as e:
+                report.read += 1
+                lost = key if key is not None else storage.basename(shard)
+                report.skip(lost, shard, f"truncated tar ({_short(e)}): this item and the rest of the shard lost")
+                return
+            if key is not None:
+                yield from self._finish(shard, key, group, report, seen)
+
+    def _finish(self, shard: str, key: str, group: dict[str, bytes], report: ReadReport, seen: set[str]):
+        report.read += 1
+        media_ext = next((e for e in group if e not in ("txt", "json")), None)
+        uri = f"{shard}#{key}.{media_ext or 'txt'}"
+        caption = group.get("txt", b"").decode("utf-8", errors="replace").strip()
+        if key in seen:
+            report.skip(key, uri, "duplicate id")
+        elif media_ext is None:
+            report.skip(key, uri, "no media member")
+        elif not caption:
+            report.skip(key, uri, "no caption")
+        else:
+            seen.add(key)
+            yield Sample(
+                id=key,
+                media=media_from_extension("x." + media_ext),
+                uri=uri,
+                captions=[caption],
+                data=group[media_ext],
+                meta=_meta(group.get("json")),
+            )
+            return
+        seen.add(key)
+
+
+def _short(e: BaseException) -> str:
+    return (str(e) or type(e).__name__)[:80]
+
+
+def _meta(raw: bytes | None) -> dict:
+    """The `.json` member as a dict; unreadable metadata is dropped (it is not needed to use the sample)."""
+    if not raw:
+        return {}
+    try:
+        meta = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}

@@ -1,0 +1,29 @@
+"""Process environment that keeps every entry point on 127.0.0.1 and offline.
+
+Ray probes cloud-metadata addresses at start-up and binds to the host's routable
+address unless these are set before it starts; model hubs must not be reached.
+Values already set by the user win.
+"""
+
+from __future__ import annotations
+
+import os
+
+LOCAL_SAFETY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "http_proxy": "http://127.0.0.1:9",
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "no_proxy": "127.0.0.1,localhost,::1",
+    "NO_PROXY": "127.0.0.1,localhost,::1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def apply_local_safety_env() -> None:
+    """Set the loopback/offline settings (see shared RAY_NOTES) unless already set."""
+    for key, value in LOCAL_SAFETY_ENV.items():
+        os.environ.setdefault(key, value)

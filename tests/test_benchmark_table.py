@@ -1,0 +1,36 @@
+"""`python -m benchmarks.paper_table` end to end at the tiny size, through its real entry point."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+ROW_KEYS = {"modality", "method", "k", "r1", "r5", "r10", "median_rank", "ms_per_query"}
+
+
+def test_tiny_table_has_the_rows_and_files(tmp_path):
+    out = tmp_path / "table.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.paper_table", "--tiny", "--out", str(out),
+                           "--data-dir", str(tmp_path / "data"), "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = json.loads(out.read_text())
+    rows = {(r["modality"], r["method"]): r for r in table["rows"]}
+    assert set(rows) == {("image", "chance"), ("image", "fast"), ("video", "chance"), ("video", "fast")}
+    for row in table["rows"]:
+        assert ROW_KEYS <= set(row)
+        assert 0 <= row["r1"] <= row["r5"] <= row["r10"] <= 100
+    # The tiny synth size: 20 test images and 12 test videos, 5 captions each.
+    assert rows[("image", "fast")]["gallery"] == 20 and rows[("image", "fast")]["queries"] == 100
+    assert rows[("video", "fast")]["gallery"] == 12 and rows[("video", "fast")]["queries"] == 60
+    assert rows[("image", "chance")]["r1"] == pytest.approx(5.0) and rows[("video", "chance")]["r5"] == pytest.approx(5 / 12 * 100, abs=0.01)
+    assert rows[("image", "fast")]["ms_per_query"] > 0
+    markdown = out.with_suffix(".md").read_text()
+    assert "| image | fast |" in markdown and "| video | chance |" in markdown
+
+    # A rerun reuses the generated data instead of writing it again.
+    again = subprocess.run([sys.executable, "-m", "benchmarks.paper_table", "--tiny", "--out", str(out),
+                            "--data-dir", str(tmp_path / "data"), "--no-progress", "--modalities", "image"],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "reusing the synthetic benchmark" in again.stderr

@@ -1,0 +1,90 @@
+"""The `fastslow` command the way a user runs it: synth, train, eval, and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+TINY_MODEL = [
+    "model.vision.kind=tiny_cnn", "model.vision.image_size=32", "model.vision.trainable=true",
+    "model.text.kind=tiny_transformer", "model.text.trainable=true", "model.embed_dim=32", "model.head_hidden=0",
+]
+
+
+def fastslow(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "fastslow", *args, "--no-progress"], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"fastslow {args} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tiny_synth(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    summary = json.loads(fastslow("synth", "--out", str(out), "--size", "tiny", "--seed", "3").stdout)
+    assert summary["images"] == {"train": 40, "val": 10, "test": 20}
+    return out
+
+
+def test_train_then_eval_through_the_cli(tiny_synth, tmp_path):
+    run = tmp_path / "run"
+    # The offline default towers (pretrained, frozen; features cached) at a small image size.
+    trained = json.loads(fastslow("train", "fast", "--data", str(tiny_synth / "images"), "--out", str(run),
+                                  "model.vision.image_size=64", "model.head_hidden=0", "train.epochs=40",
+                                  "train.batch_size=8", "train.lr=0.001", "train.warmup_steps=5").stdout)
+    assert trained["train_items"] == 40 and trained["steps"] == 200
+    history = json.loads((run / "history.json").read_text())
+    first, last = history[0]["loss"], sum(h["loss"] for h in history[-10:]) / 10
+    assert last < 0.75 * first, (first, last)
+    assert (run / "checkpoint" / "model.safetensors").exists() and (run / "config.yaml").exists()
+
+    # On its own training split the model has learnt the pairs: far above a random ranking.
+    metrics = json.loads(fastslow("eval", "--checkpoint", str(run / "checkpoint"), "--data", str(tiny_synth / "images"),
+                                  "--split", "train", "--json", str(tmp_path / "m.json")).stdout)
+    assert metrics["queries"] == 200 and metrics["gallery"] == 40
+    assert metrics["r5"] > 3 * metrics["chance"]["r5"], metrics
+    assert json.loads((tmp_path / "m.json").read_text()) == metrics
+
+    # The same checkpoint evaluates on the videos' format too (frames pooled over time).
+    trained_v = json.loads(fastslow("train", "fast", "--data", str(tiny_synth / "videos"), "--out", str(tmp_path / "v"),
+                                    *TINY_MODEL, "train.epochs=1", "train.batch_size=8", "data.num_frames=4").stdout)
+    assert trained_v["train_items"] == 24 and trained_v["val"]["gallery"] == 8
+
+
+@pytest.mark.parametrize("case", ["missing", "malformed", "unknown_format", "bad_override"])
+def test_bad_input_is_one_line_naming_the_input(case, tmp_path):
+    bad = tmp_path / "dataset_x.json"
+    if case == "missing":
+        args, needle = ["--data", str(tmp_path / "nope.json")], "nope.json"
+    elif case == "malformed":
+        bad.write_text("{not json")
+        args, needle = ["--data", str(bad)], "dataset_x.json"
+    elif case == "unknown_format":
+        args, needle = ["--data", str(bad), "--format", "hdf5"], "hdf5"
+    else:
+        args, needle = ["--data", str(bad), "train.epochz=3"], "epochz"
+    proc = fastslow("train", "fast", "--out", str(tmp_path / "run"), *args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("fastslow train: error:") and needle in lines[0], lines[0]
+
+
+def test_eval_of_a_missing_checkpoint(tmp_path):
+    proc = fastslow("eval", "--checkpoint", str(tmp_path / "ckpt"), "--data", str(tmp_path), check=False)
+    assert proc.returncode == 2 and "ckpt" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help_explains_each_command():
+    for command in ("synth", "train", "eval"):
+        out = subprocess.run([sys.executable, "-m", "fastslow", command, "--help"], capture_output=True, text=True).stdout
+        assert "--data" in out or "--out" in out
+
+
+def test_synth_bad_setting_is_one_line(tmp_path):
+    proc = fastslow("synth", "--out", str(tmp_path / "s"), "--size", "tiny", "n_tset=3", check=False)
+    assert proc.returncode == 2 and "n_tset" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

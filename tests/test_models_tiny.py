@@ -1,0 +1,101 @@
+"""Tiny random towers and the Fast model: shapes, gradients, frozen towers, video pooling."""
+
+import pytest
+import torch
+
+from fastslow.models import FastConfig, FastModel, TextTowerConfig, VisionTowerConfig
+from fastslow.models.tokenizer import ByteTokenizer
+
+
+def tiny_config(vision_trainable=True, text_trainable=True, head_hidden=16) -> FastConfig:
+    return FastConfig(
+        vision=VisionTowerConfig(kind="tiny_cnn", image_size=32, width=8, depth=2, trainable=vision_trainable),
+        text=TextTowerConfig(
+            kind="tiny_transformer", max_length=16, width=16, depth=1, heads=2, trainable=text_trainable
+        ),
+        embed_dim=8,
+        head_hidden=head_hidden,
+    )
+
+
+def pixels(*shape) -> torch.Tensor:
+    return torch.randint(0, 256, (*shape, 3), dtype=torch.uint8)
+
+
+def test_byte_tokenizer_pads_and_truncates():
+    tok = ByteTokenizer(max_length=6)
+    enc = tok(["ab", "abcdefgh"])
+    assert enc["input_ids"].tolist() == [[257, 97, 98, 258, 256, 256], [257, 97, 98, 99, 100, 258]]
+    assert enc["attention_mask"].tolist() == [[1, 1, 1, 1, 0, 0], [1] * 6]
+    assert tok.decode(enc["input_ids"][1].tolist()) == "abcd"
+
+
+def test_tower_shapes():
+    torch.manual_seed(0)
+    model = FastModel(tiny_config()).eval()
+    vt = model.vision_tower
+    out = vt(vt.preprocess(pixels(3, 50, 40)))  # resized to 32
+    assert out.pooled.shape == (3, vt.out_dim) == (3, 32)
+    assert vt.map_dims == (16, 32)
+    assert [tuple(m.shape) for m in out.maps] == [(3, 16, 8, 8), (3, 32, 4, 4)]
+    enc = model.text_tower.tokenize(["a red cube", "x"])
+    t = model.text_tower(enc["input_ids"], enc["attention_mask"])
+    assert t.tokens.shape == (2, 12, 16) and t.mask.shape == (2, 12) and t.pooled.shape == (2, 16)
+    # Padding must not change a text's pooled features.
+    alone = model.text_tower(**model.text_tower.tokenize(["x"])).pooled
+    torch.testing.assert_close(alone[0], t.pooled[1], atol=1e-5, rtol=1e-5)
+
+
+def test_embeddings_unit_norm_and_temperature():
+    model = FastModel(tiny_config(head_hidden=0)).eval()
+    v = model.encode_visual(pixels(4, 32, 32))
+    t = model.encode_text(["one", "two", "three"])
+    assert v.shape == (4, 8) and t.shape == (3, 8)
+    torch.testing.assert_close(v.norm(dim=-1), torch.ones(4))
+    torch.testing.assert_close(t.norm(dim=-1), torch.ones(3))
+    assert model.temperature == pytest.approx(0.07, rel=1e-5)
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)  # clamped at log(100)
+    assert model.temperature == pytest.approx(0.01, rel=1e-5)
+
+
+def test_gradients_reach_heads_and_trainable_towers():
+    model = FastModel(tiny_config()).train()
+    loss = (model.scale() * model.encode_visual(pixels(2, 32, 32)) @ model.encode_text(["a", "b"]).T).sum()
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_frozen_towers_get_no_gradients_and_stay_in_eval():
+    model = FastModel(tiny_config(vision_trainable=False, text_trainable=False))
+    model.train()
+    assert not model.vision_tower.training and not model.text_tower.training
+    assert model.visual_head.training
+    loss = (model.encode_visual(pixels(2, 32, 32)) @ model.encode_text(["a", "b"]).T).sum()
+    loss.backward()
+    for name, p in model.named_parameters():
+        if name.startswith(("vision_tower.", "text_tower.")):
+            assert not p.requires_grad and p.grad is None, name
+        elif name != "logit_scale":
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_video_pools_tower_features_over_time():
+    torch.manual_seed(0)
+    model = FastModel(tiny_config()).eval()
+    video = pixels(2, 3, 32, 32)
+    feats = model.visual_features(video)
+    assert feats.shape == (2, 3, 32)
+    frame0 = model.visual_features(video[:, 0])
+    torch.testing.assert_close(feats[:, 0], frame0, atol=1e-5, rtol=1e-5)
+    emb = model.encode_visual(video)
+    torch.testing.assert_close(emb, model.embed_visual_features(feats.mean(dim=1)), atol=1e-6, rtol=1e-6)
+    # A still video embeds like its frame.
+    still = video[:, :1].expand(2, 4, 32, 32, 3)
+    torch.testing.assert_close(model.encode_visual(still), model.encode_visual(video[:, 0]), atol=1e-5, rtol=1e-5)
+    # Masked-out frames do not count.
+    mask = torch.tensor([[1, 0, 0], [1, 1, 1]])
+    masked = model.embed_visual_features(feats, frame_mask=mask)
+    torch.testing.assert_close(masked[0], model.embed_visual_features(frame0)[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(masked[1], emb[1], atol=1e-6, rtol=1e-6)

@@ -1,0 +1,103 @@
+"""The storage layer on local paths and on a moto S3 server."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from fastslow import storage
+from fastslow.errors import FastslowError
+
+
+def _roundtrip(base: str, tmp_path) -> None:
+    """The same checks on a local folder or an S3 bucket."""
+    a = storage.join(base, "sub", "a.bin")
+    storage.write_bytes(a, b"\x00\x01abc")
+    assert storage.read_bytes(a) == b"\x00\x01abc"
+    assert storage.exists(a)
+    assert not storage.exists(storage.join(base, "sub", "nope.bin"))
+
+    storage.write_text(storage.join(base, "sub", "deeper", "t.txt"), "héllo")
+    assert storage.read_text(storage.join(base, "sub", "deeper", "t.txt")) == "héllo"
+    storage.write_bytes(storage.join(base, "sub2", "c.BIN"), b"c")
+
+    assert storage.list_files(storage.join(base, "sub")) == [
+        storage.join(base, "sub", "a.bin"),
+        storage.join(base, "sub", "deeper", "t.txt"),
+    ]
+    assert storage.list_files(storage.join(base, "sub"), recursive=False) == [storage.join(base, "sub", "a.bin")]
+    # `sub` is a folder: its listing must not include `sub2/...`; suffixes ignore case.
+    assert storage.list_files(base, suffixes=[".bin"]) == [a, storage.join(base, "sub2", "c.BIN")]
+    assert storage.list_files(storage.join(base, "missing")) == []
+    assert storage.is_dir(storage.join(base, "sub")) and not storage.is_dir(storage.join(base, "missing"))
+
+    with storage.open_read(a) as f:
+        assert f.read(2) == b"\x00\x01"
+        assert f.read() == b"abc"
+
+    with storage.local_copy(a) as path:
+        assert os.path.isfile(path) and path.endswith("a.bin")
+        assert open(path, "rb").read() == b"\x00\x01abc"
+
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(300_000))
+    dst = storage.join(base, "up", "big.bin")
+    storage.upload_file(str(big), dst)
+    storage.download_file(dst, str(tmp_path / "down" / "big.bin"))
+    assert (tmp_path / "down" / "big.bin").read_bytes() == big.read_bytes()
+
+    missing = storage.join(base, "sub", "nope.bin")
+    for call in (storage.read_bytes, storage.open_read):
+        with pytest.raises(storage.MissingFileError, match="nope.bin: no such file"):
+            call(missing)
+    with pytest.raises(storage.MissingFileError, match="no such file"):
+        storage.download_file(missing, str(tmp_path / "x"))
+    with pytest.raises(FastslowError, match="no such file"):
+        with storage.local_copy(missing):
+            pass
+
+
+def test_local_roundtrip(tmp_path):
+    _roundtrip(str(tmp_path / "root"), tmp_path)
+
+
+def test_s3_roundtrip(s3_bucket, tmp_path):
+    _roundtrip(s3_bucket, tmp_path)
+
+
+def test_local_write_is_atomic_and_leaves_no_temp_files(tmp_path):
+    target = tmp_path / "x" / "f.txt"
+    storage.write_text(str(target), "one")
+    storage.write_text(str(target), "two")
+    assert target.read_text() == "two"
+    assert os.listdir(tmp_path / "x") == ["f.txt"]
+
+
+def test_join_and_parent():
+    assert storage.join("s3://b/", "x/", "/y.jpg") == "s3://b/x/y.jpg"
+    assert storage.join("s3://b/p", "", "y") == "s3://b/p/y"
+    assert storage.join("/a", "b", "c") == "/a/b/c"
+    assert storage.parent("s3://b/x/y.jpg") == "s3://b/x"
+    assert storage.parent("s3://b/y.jpg") == "s3://b"
+    assert storage.basename("s3://b/x/y.jpg") == "y.jpg"
+    assert storage.is_s3("s3://b/k") and not storage.is_s3("/s3/b")
+    with pytest.raises(FastslowError, match="no bucket"):
+        storage.split_s3("s3:///key")
+
+
+def test_s3_missing_bucket_is_a_clear_error(moto_endpoint):
+    with pytest.raises(FastslowError, match="s3://no-such-bucket-xyz/k: no such"):
+        storage.read_bytes("s3://no-such-bucket-xyz/k")
+
+
+def test_client_cache_is_keyed_on_endpoint(moto_endpoint, monkeypatch):
+    first = storage.s3_client()
+    assert storage.s3_client() is first
+    monkeypatch.setenv("FASTSLOW_S3_ENDPOINT", "http://127.0.0.1:1")
+    other = storage.s3_client()
+    assert other is not first
+    assert other.meta.endpoint_url == "http://127.0.0.1:1"
+    monkeypatch.delenv("FASTSLOW_S3_ENDPOINT")
+    assert storage.s3_client() is first
+    assert first.meta.endpoint_url == moto_endpoint
