@@ -3,8 +3,11 @@
     python -m benchmarks.paper_table --out results/table.json [--quick]
 
 Generates the synthetic benchmark from a fixed seed (reused when already there),
-trains the Fast model on images and on videos, evaluates text-to-visual retrieval
-on the test split, and writes FILE.json (`rows`) and a Markdown table beside it.
+trains Fast, Slow and distilled Fast on images and on videos, evaluates
+text-to-visual retrieval on the test split (Fast, Slow over the whole gallery,
+Fast then Slow at K in 5, 10, 20, 50, distilled Fast), and writes FILE.json
+(`rows`), a Markdown table (FILE.md) and a plot of R@1 and ms per query against K
+(FILE.png) beside it.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     apply_local_safety_env()
     args = parse_args(argv)
-    from benchmarks.table_runner import run_table
+    from benchmarks.table_runner import plot_table, run_table
     from fastslow.errors import FastslowError
     from fastslow.log import setup_logging
 
@@ -52,17 +55,19 @@ def main(argv=None) -> int:
     result = {"size": size, "seed": args.seed, "data_dir": str(data_dir), "seconds": round(time.time() - started, 1),
               "notes": notes, "rows": rows}
     out.write_text(json.dumps(result, indent=2))
+    plot_table(rows, out.with_suffix(".png"))
     table = markdown_table(rows)
     out.with_suffix(".md").write_text(f"# Benchmark table ({size}, seed {args.seed})\n\n{table}\n\n" +
                                       "".join(f"- {n}\n" for n in notes))
     print(table)
-    print(f"\nwrote {out} and {out.with_suffix('.md')} in {result['seconds']} s")
+    print(f"\nwrote {out}, {out.with_suffix('.md')} and {out.with_suffix('.png')} in {result['seconds']} s")
     return 0
 
 
 def markdown_table(rows: list[dict]) -> str:
     """Rows as a Markdown table (chance rows included)."""
-    cols = ["modality", "method", "k", "r1", "r5", "r10", "median_rank", "ms_per_query", "queries", "gallery"]
+    cols = ["modality", "method", "k", "r1", "r5", "r10", "median_rank", "ms_per_query", "queries", "gallery",
+            "r1_same_queries"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in rows:
         lines.append("| " + " | ".join("" if row.get(c) is None else str(row.get(c)) for c in cols) + " |")

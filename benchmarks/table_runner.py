@@ -1,34 +1,69 @@
-"""Runs the rows of the benchmark table: one place that knows the sizes, models and schedules."""
+"""Runs the rows of the benchmark table: one place that knows the sizes, models and schedules.
+
+Per modality: train Fast; train Slow; evaluate Fast, Slow over the whole gallery,
+Fast then Slow at several K, and Fast distilled from Slow (same batches and
+schedule as Fast, plus the soft-target term). Every row ranks the same queries
+(every caption of the test split) against the same gallery (the test items).
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from fastslow.config import DataConfig
-from fastslow.eval import chance_metrics
+from fastslow.distill import DistillationLoss, DistillConfig, precompute_teacher
+from fastslow.eval import chance_metrics, evaluate_embeddings, metrics_from_ranks, ranks_of_true
 from fastslow.log import get_logger
 from fastslow.models.config import FastConfig, TextTowerConfig, VisionTowerConfig
 from fastslow.models.fast import FastModel
+from fastslow.models.slow import SlowConfig
+from fastslow.rerank import fast_topk, fuse_scores, reranked_ranks
 from fastslow.runs import load_data_split
+from fastslow.slow_training import SlowTrainConfig, make_slow_model, slow_features, slow_score_matrix, train_slow
 from fastslow.synth import ensure_synth
-from fastslow.training import FastTrainConfig, evaluate_fast, train_fast
+from fastslow.training import FastBatches, FastTrainConfig, embed_split, train_fast
 
 log = get_logger(__name__)
+
+RERANK_KS = (5, 10, 20, 50)
+NUM_FRAMES = 8
+
+
+@dataclass
+class TableSpec:
+    """Models and schedules of one benchmark size."""
+
+    fast: FastConfig
+    fast_train: FastTrainConfig
+    slow: SlowConfig
+    slow_train: SlowTrainConfig
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    ks: tuple[int, ...] = RERANK_KS
+
 
 # The offline default: pretrained EfficientNet-Lite0 and MiniLM towers, frozen, with trained heads.
 DEFAULT_FAST = FastConfig(vision=VisionTowerConfig(kind="efficientnet_lite0", image_size=128),
                           text=TextTowerConfig(kind="minilm"), embed_dim=256, head_hidden=1024)
-TINY_FAST = FastConfig(vision=VisionTowerConfig(kind="tiny_cnn", image_size=32, trainable=True, width=16),
-                       text=TextTowerConfig(kind="tiny_transformer", trainable=True, width=32, depth=1, heads=2),
-                       embed_dim=32, head_hidden=0)
+DEFAULT_SLOW = SlowConfig()
+TINY_VISION = VisionTowerConfig(kind="tiny_cnn", image_size=32, trainable=True, width=16)
+TINY_TEXT = TextTowerConfig(kind="tiny_transformer", trainable=True, width=32, depth=1, heads=2)
+FAST_SCHEDULE = FastTrainConfig(epochs=40, batch_size=256, warmup_steps=50, lr=1e-3, neighbours=3)
 
 SIZES = {
-    "tiny": {"fast": TINY_FAST, "train": FastTrainConfig(epochs=2, batch_size=16, warmup_steps=2, lr=1e-3)},
-    "quick": {"fast": DEFAULT_FAST, "train": FastTrainConfig(epochs=40, batch_size=256, warmup_steps=50, lr=1e-3)},
-    "full": {"fast": DEFAULT_FAST, "train": FastTrainConfig(epochs=40, batch_size=256, warmup_steps=50, lr=1e-3)},
+    "tiny": TableSpec(
+        fast=FastConfig(vision=TINY_VISION, text=TINY_TEXT, embed_dim=32, head_hidden=0),
+        fast_train=FastTrainConfig(epochs=2, batch_size=16, warmup_steps=2, neighbours=1),
+        slow=SlowConfig(vision=TINY_VISION, text=TINY_TEXT, dim=32, layers=1, heads=2, ffn=64),
+        slow_train=SlowTrainConfig(epochs=2, batch_size=16, warmup_steps=2),
+        ks=(2, 5)),
+    "quick": TableSpec(fast=DEFAULT_FAST, fast_train=FAST_SCHEDULE, slow=DEFAULT_SLOW, slow_train=SlowTrainConfig()),
+    "full": TableSpec(fast=DEFAULT_FAST, fast_train=FAST_SCHEDULE, slow=DEFAULT_SLOW, slow_train=SlowTrainConfig()),
 }
-NUM_FRAMES = 8
 
 
 def data_config(root: Path, modality: str) -> DataConfig:
@@ -36,41 +71,141 @@ def data_config(root: Path, modality: str) -> DataConfig:
     return DataConfig(path=str(root / ("images" if modality == "image" else "videos")), num_frames=NUM_FRAMES)
 
 
-def run_modality(size: str, seed: int, root: Path, modality: str, progress: bool) -> list[dict]:
-    """Train and evaluate the Fast model on one modality; returns its table rows (chance included)."""
-    spec = SIZES[size]
+def timed(fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
+def row(modality: str, method: str, k, metrics: dict, ms: float | None, queries: int, gallery: int) -> dict:
+    return {"modality": modality, "method": method, "k": k, "r1": round(metrics["r1"], 2), "r5": round(metrics["r5"], 2),
+            "r10": round(metrics["r10"], 2), "median_rank": metrics["median_rank"],
+            "ms_per_query": None if ms is None else round(ms, 4), "queries": queries, "gallery": gallery}
+
+
+def run_modality(spec: TableSpec, seed: int, root: Path, modality: str, progress: bool) -> list[dict]:
+    """Train the models on one modality and return its table rows."""
     data = data_config(root, modality)
-    fast_cfg = spec["fast"]
-    train = load_data_split(data, "train", fast_cfg.vision.image_size, progress)
-    test = load_data_split(data, "test", fast_cfg.vision.image_size, progress)
-    model = FastModel(fast_cfg)
-    train_fast(model, train, replace(spec["train"], seed=seed), progress=progress)
-    result = evaluate_fast(model, test, progress=progress)
-    chance = chance_metrics(len(test.ids))
-    log.info("%s fast: %s", modality, result.metrics)
-    return [
-        {"modality": modality, "method": "chance", "k": None, **{k: round(v, 3) for k, v in chance.items()},
-         "ms_per_query": None, "queries": result.num_queries, "gallery": result.gallery_size},
-        result.row(modality, "fast"),
-    ]
+    size = spec.fast.vision.image_size
+    train = load_data_split(data, "train", size, progress)
+    test = load_data_split(data, "test", size, progress)
+    fast_train = replace(spec.fast_train, seed=seed)
+
+    fast = FastModel(spec.fast)
+    batches = FastBatches(fast, train, fast_train, progress)
+    _, fast_seconds = timed(train_fast, fast, train, fast_train, progress, batches=batches)
+    emb = embed_split(fast, test, progress=progress)
+    q, n = len(emb.texts), len(test.ids)
+    fast_result = evaluate_embeddings(emb.queries, emb.gallery, emb.true_index)
+    fast_ms = fast_result.ms_per_query + emb.encode_ms_per_query
+    chance = chance_metrics(n)
+    rows = [row(modality, "chance", None, chance, None, q, n), row(modality, "fast", None, fast_result.metrics, fast_ms, q, n)]
+    log.info("%s fast: R@1 %.1f (trained in %.0f s)", modality, fast_result.metrics["r1"], fast_seconds)
+
+    torch.manual_seed(seed)
+    slow = make_slow_model(spec.slow, batches.texts)
+    train_features = slow_features(slow, train.pixels, progress=progress)
+    _, slow_seconds = timed(train_slow, slow, train, replace(spec.slow_train, seed=seed), progress,
+                            features=train_features)
+    gallery_features = slow_features(slow, test.pixels)
+    # Slow over the whole gallery costs Q x N decoder passes: it ranks one caption per item (the first),
+    # and the other rows are reported on those same queries too (`*_same_queries` keys) for a like-for-like check.
+    subset = np.searchsorted(emb.true_index, np.arange(n))
+    sub_texts, sub_true = [emb.texts[i] for i in subset], emb.true_index[subset]
+    everything = torch.arange(n).expand(len(subset), n)
+    slow_all, slow_all_s = timed(slow_score_matrix, slow, gallery_features, sub_texts, everything, progress=progress)
+    slow_metrics = metrics_from_ranks(ranks_of_true(slow_all, sub_true))
+    rows.append(row(modality, "slow", None, slow_metrics, 1000 * slow_all_s / len(subset), len(subset), n))
+    rows[1]["r1_same_queries"] = round(metrics_from_ranks(ranks_of_true(
+        (emb.queries[subset].double() @ emb.gallery.double().T), sub_true))["r1"], 2)
+    log.info("%s slow: R@1 %.1f (trained in %.0f s, %.1f ms/query over all)", modality, slow_metrics["r1"],
+             slow_seconds, 1000 * slow_all_s / len(subset))
+
+    fast_all = (emb.queries.double() @ emb.gallery.double().T).numpy()
+    for k in spec.ks:
+        (fast_scores, candidates), topk_s = timed(fast_topk, emb.queries, emb.gallery, k)
+        slow_scores, slow_s = timed(slow_score_matrix, slow, gallery_features, emb.texts, torch.from_numpy(candidates))
+        final = fuse_scores(fast_scores, slow_scores)
+        ranks = reranked_ranks(fast_all, emb.true_index, candidates, final)
+        ms = emb.encode_ms_per_query + 1000 * (topk_s + slow_s) / q
+        rows.append(row(modality, "fast+slow", k, metrics_from_ranks(ranks), ms, q, n))
+        rows[-1]["r1_same_queries"] = round(metrics_from_ranks(ranks[subset])["r1"], 2)
+
+    table, teacher_s = timed(precompute_teacher, slow, train_features, batches.texts, batches.caption_item,
+                             batches.neighbour_table, progress=progress)
+    student = FastModel(spec.fast)
+    _, distill_seconds = timed(train_fast, student, train, fast_train, progress,
+                               loss_fn=DistillationLoss(table, spec.distill), batches=batches)
+    student_emb = embed_split(student, test)
+    distilled = evaluate_embeddings(student_emb.queries, student_emb.gallery, student_emb.true_index)
+    rows.append(row(modality, "fast_distilled", None, distilled.metrics,
+                    distilled.ms_per_query + student_emb.encode_ms_per_query, q, n))
+    log.info("%s fast distilled: R@1 %.1f (teacher table %.0f s, trained in %.0f s)", modality,
+             distilled.metrics["r1"], teacher_s, distill_seconds)
+    return rows
 
 
 def run_table(size: str, seed: int, root: Path, modalities: list[str], progress: bool = True) -> tuple[list[dict], list[str]]:
-    """All rows of the table for the given size."""
+    """All rows of the table for the given size, and the notes printed under it."""
     ensure_synth(root, seed=seed, size=size, progress=progress)
+    spec = SIZES[size]
     rows = []
     for modality in modalities:
-        rows += run_modality(size, seed, root, modality, progress)
+        rows += run_modality(spec, seed, root, modality, progress)
     notes = [
         "Every caption of the test split is a query; the gallery is the test split's items, each scene with its "
         "swapped-attribute and swapped-relation twins (videos: time-reversed, colour- and direction-swapped twins).",
-        "Ranks count ties against the query. ms_per_query: text encoding plus scoring the whole gallery, CPU.",
-        f"Fast: {spec_description(SIZES[size]['fast'])}.",
+        "Ranks count ties against the query. ms_per_query on CPU: Fast = text encoding + scoring the gallery; "
+        "Slow = its decoder over every (query, item) pair, with each item's visual features computed offline like "
+        "Fast's gallery embeddings; fast+slow = Fast plus the decoder over the top K.",
+        "The slow row ranks the first caption of each test item only (Q x N decoder passes); r1_same_queries gives "
+        "the fast and fast+slow R@1 on exactly those queries.",
+        f"Fast: {describe_fast(spec.fast)}; batches with {spec.fast_train.neighbours} nearest neighbours per anchor.",
+        f"Slow: caption likelihood read in both directions ({spec.slow.directions}), decoder {spec.slow.layers}x"
+        f"{spec.slow.dim}, fine-grained map {'on' if spec.slow.fine_grained else 'off'}, vision {spec.slow.vision.kind}.",
+        f"fast_distilled: Fast's batches and schedule plus the soft-target term (weight {spec.distill.weight}, "
+        f"temperature {spec.distill.temperature}) over each caption's batch items among its item's "
+        f"{spec.fast_train.neighbour_pool} nearest neighbours, scored by Slow once before training.",
     ]
     return rows, notes
 
 
-def spec_description(cfg: FastConfig) -> str:
+def describe_fast(cfg: FastConfig) -> str:
     frozen = lambda t: "trained" if t.trainable else "frozen"  # noqa: E731
     return (f"vision {cfg.vision.kind} ({frozen(cfg.vision)}, {cfg.vision.image_size}px), text {cfg.text.kind} "
             f"({frozen(cfg.text)}), {'MLP' if cfg.head_hidden else 'linear'} heads to {cfg.embed_dim}-d")
+
+
+def plot_table(rows: list[dict], path: Path) -> None:
+    """R@1 and ms per query against K for Fast then Slow, with Fast, distilled Fast and Slow as reference lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    modalities = sorted({r["modality"] for r in rows})
+    fig, axes = plt.subplots(2, len(modalities), figsize=(5 * len(modalities), 7), squeeze=False)
+    for col, modality in enumerate(modalities):
+        mine = [r for r in rows if r["modality"] == modality]
+        ref = {r["method"]: r for r in mine if r["k"] is None}
+        reranked = sorted((r for r in mine if r["method"] == "fast+slow"), key=lambda r: r["k"])
+        ks = [r["k"] for r in reranked]
+        for ax, key, label in ((axes[0, col], "r1", "R@1 (%)"), (axes[1, col], "ms_per_query", "ms per query")):
+            ax.plot(ks, [r[key] for r in reranked], "o-", label="Fast then Slow (top K)")
+            for method, style in (("slow", "r--"), ("fast", "k:"), ("fast_distilled", "g-.")):
+                if method in ref and ref[method][key] is not None:
+                    ax.axhline(ref[method][key], color=style[0], linestyle=style[1:], label=method)
+            ax.set_xscale("log")
+            ax.set_xticks(ks, [str(k) for k in ks])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel("K (candidates re-ranked by Slow)")
+            ax.set_ylabel(label)
+            if key == "ms_per_query":
+                ax.set_yscale("log")
+            ax.set_title(f"{modality}: {label}")
+            ax.grid(alpha=0.3)
+        axes[0, col].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -17,7 +17,9 @@ def test_tiny_table_has_the_rows_and_files(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = json.loads(out.read_text())
     rows = {(r["modality"], r["method"]): r for r in table["rows"]}
-    assert set(rows) == {("image", "chance"), ("image", "fast"), ("video", "chance"), ("video", "fast")}
+    methods = {"chance", "fast", "slow", "fast_distilled"}
+    assert set(rows) == {(m, x) for m in ("image", "video") for x in methods | {"fast+slow"}}
+    assert sorted(r["k"] for r in table["rows"] if r["method"] == "fast+slow" and r["modality"] == "image") == [2, 5]
     for row in table["rows"]:
         assert ROW_KEYS <= set(row)
         assert 0 <= row["r1"] <= row["r5"] <= row["r10"] <= 100
@@ -25,9 +27,12 @@ def test_tiny_table_has_the_rows_and_files(tmp_path):
     assert rows[("image", "fast")]["gallery"] == 20 and rows[("image", "fast")]["queries"] == 100
     assert rows[("video", "fast")]["gallery"] == 12 and rows[("video", "fast")]["queries"] == 60
     assert rows[("image", "chance")]["r1"] == pytest.approx(5.0) and rows[("video", "chance")]["r5"] == pytest.approx(5 / 12 * 100, abs=0.01)
-    assert rows[("image", "fast")]["ms_per_query"] > 0
+    assert rows[("image", "fast")]["ms_per_query"] > 0 and rows[("image", "slow")]["ms_per_query"] > 0
+    # Slow over the whole gallery ranks one caption per item; Fast is also reported on those queries.
+    assert rows[("image", "slow")]["queries"] == 20 and "r1_same_queries" in rows[("image", "fast")]
     markdown = out.with_suffix(".md").read_text()
-    assert "| image | fast |" in markdown and "| video | chance |" in markdown
+    assert "| image | fast |" in markdown and "| video | chance |" in markdown and "| video | fast+slow | 5 |" in markdown
+    assert out.with_suffix(".png").stat().st_size > 10_000
 
     # A rerun reuses the generated data instead of writing it again.
     again = subprocess.run([sys.executable, "-m", "benchmarks.paper_table", "--tiny", "--out", str(out),

@@ -11,6 +11,7 @@ from fastslow.models.config import (
     dataclass_to_dict,
 )
 from fastslow.models.fast import FastModel
+from fastslow.models.slow import SlowConfig, SlowModel  # noqa: F401  (importing registers the "slow" type)
 from fastslow.models.text import TextOutput, TextTower, build_text_tower
 from fastslow.models.vision import VisionOutput, VisionTower, build_vision_tower
 

@@ -1,0 +1,110 @@
+"""Distilling the Slow model into the Fast one (the paper's training-time use of Slow).
+
+The Fast student keeps its contrastive loss and adds a soft-target term: for each
+caption of the batch, its candidates are the batch items among its item's nearest
+neighbours (plus the item itself), and the student's distribution over them is
+pulled towards the softmax of the frozen Slow teacher's scores. Nearest neighbours
+are where the teacher knows what the student does not (swapped attributes and
+relations); scoring them once per caption before training, instead of per step,
+keeps the teacher's cost to one pass over (caption, neighbour) pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from fastslow.losses import distributed_world, gather_with_grad, infonce_loss
+from fastslow.training import Batch, embed_batch
+
+
+@dataclass
+class DistillConfig:
+    """Weight and temperature of the soft-target term."""
+
+    weight: float = 1.0
+    temperature: float = 1.0
+
+
+def soft_target_loss(student_logits: torch.Tensor, teacher_scores: torch.Tensor, temperature: float,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(softmax(teacher / T) || softmax(student)) over each row's candidates, averaged over rows.
+
+    `mask` (B, C) marks each row's candidates (all when None). Zero exactly when
+    the student's distribution over the candidates equals the teacher's soft targets.
+    """
+    if mask is not None:
+        student_logits = student_logits.masked_fill(~mask, float("-inf"))
+        teacher_scores = teacher_scores.masked_fill(~mask, float("-inf"))
+    target = F.softmax(teacher_scores.double() / temperature, dim=1).to(student_logits.dtype)
+    log_student = F.log_softmax(student_logits, dim=1)
+    terms = target * (torch.log(target.clamp_min(1e-12)) - log_student)
+    # Outside the candidates both sides are zero probability: no contribution (and no 0 * inf).
+    terms = torch.where(target > 0, terms, torch.zeros_like(terms))
+    return terms.sum(dim=1).mean()
+
+
+@dataclass
+class TeacherTable:
+    """The Slow teacher's score of every training caption against its item and the item's nearest neighbours."""
+
+    pool: np.ndarray  # (num_items, P+1) item indices: the item itself, then its neighbours
+    scores: np.ndarray  # (num_captions, P+1) float64 teacher scores of caption c against pool[item of c]
+
+
+def precompute_teacher(teacher, features: torch.Tensor, texts: list[str], caption_item: np.ndarray,
+                       neighbours: np.ndarray, score_fn=None, progress: bool = False) -> TeacherTable:
+    """Score each caption against its item's pool once, before training."""
+    if score_fn is None:
+        from fastslow.slow_training import slow_score_matrix as score_fn
+    pool = np.concatenate([np.arange(len(neighbours))[:, None], neighbours], axis=1)
+    scores = score_fn(teacher, features, texts, torch.from_numpy(pool[caption_item]), progress=progress)
+    return TeacherTable(pool=pool, scores=np.asarray(scores, dtype=np.float64))
+
+
+def _gather_items(items: np.ndarray) -> np.ndarray:
+    """Every process's batch item indices, in rank order (no gradient needed)."""
+    _, world = distributed_world()
+    local = torch.as_tensor(items, dtype=torch.long)
+    if world == 1:
+        return local.numpy()
+    out = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(out, local)
+    return torch.cat(out).numpy()
+
+
+def batch_targets(table: TeacherTable, batch: Batch, all_items: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(teacher scores, candidate mask), both (B, len(all_items)), for the local captions against the gathered batch."""
+    column = {int(item): j for j, item in enumerate(all_items)}
+    b = len(batch.captions)
+    scores = torch.full((b, len(all_items)), float("-inf"), dtype=torch.float64)
+    mask = torch.zeros((b, len(all_items)), dtype=torch.bool)
+    for row, (caption, item) in enumerate(zip(batch.captions, batch.items)):
+        for slot, candidate in enumerate(table.pool[item]):
+            j = column.get(int(candidate))
+            if j is not None:
+                scores[row, j] = table.scores[caption, slot]
+                mask[row, j] = True
+    return scores, mask
+
+
+class DistillationLoss:
+    """InfoNCE plus the soft-target term from a frozen Slow teacher; a `loss_fn` for `train_fast`."""
+
+    def __init__(self, table: TeacherTable, cfg: DistillConfig):
+        self.table, self.cfg = table, cfg
+
+    def __call__(self, model, batch: Batch) -> tuple[torch.Tensor, dict]:
+        v, t = embed_batch(model, batch.visual, batch.text)
+        scale = model.scale()
+        contrastive = infonce_loss(v, t, scale)
+        student = scale * t @ gather_with_grad(v).T
+        teacher, mask = batch_targets(self.table, batch, _gather_items(batch.items))
+        soft = soft_target_loss(student, teacher, self.cfg.temperature, mask)
+        loss = contrastive + self.cfg.weight * soft
+        return loss, {"loss": loss.item(), "contrastive": contrastive.item(), "distill": soft.item(),
+                      "candidates": float(mask.sum(1).float().mean())}

@@ -1,0 +1,153 @@
+"""The Slow captioner: shapes, gradients, both reading directions, float64 scores, time order, checkpoints."""
+
+import pytest
+import torch
+
+from fastslow.errors import FastslowError
+from fastslow.models import SlowConfig, SlowModel, TextTowerConfig, VisionTowerConfig, load_checkpoint, save_checkpoint
+from fastslow.models.slow import build_output_vocab
+
+TEXTS = ["a red circle left of a blue square", "a blue circle", "x", "the green star moves up, then vanishes"]
+
+
+def tiny_slow(**overrides) -> SlowConfig:
+    fields = dict(
+        vision=VisionTowerConfig(kind="tiny_cnn", image_size=32, width=8, depth=2, trainable=True),
+        text=TextTowerConfig(kind="tiny_transformer", max_length=16),
+        dim=32, layers=2, heads=2, ffn=64, dropout=0.0, video_grid=2, max_frames=4, max_length=48,
+    )
+    return SlowConfig(**(fields | overrides))
+
+
+def pixels(*shape) -> torch.Tensor:
+    return torch.randint(0, 256, (*shape, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+def test_shapes_and_fine_grained_grid():
+    torch.manual_seed(0)
+    model = SlowModel(tiny_slow()).eval()
+    feats = model.visual_features(pixels(4, 40, 40))  # resized to 32: maps (16, 8, 8) and (32, 4, 4)
+    assert feats.shape == (4, 16 * 64 + 32 * 16)
+    assert model.visual_tokens(feats).shape == (4, 64, 32)  # the deep map upsampled to the mid map's 8x8 grid
+    coarse = SlowModel(tiny_slow(fine_grained=False)).eval()
+    assert coarse.visual_tokens(coarse.visual_features(pixels(4, 32, 32))).shape == (4, 16, 32)
+    video = model.visual_features(pixels(2, 3, 32, 32))
+    assert video.shape == (2, 3, (16 + 32) * 4)  # every map pooled to the 2x2 video grid
+    assert model.visual_tokens(video).shape == (2, 3 * 4, 32)
+
+
+def test_gradients_reach_tower_fusion_and_decoder():
+    torch.manual_seed(0)
+    model = SlowModel(tiny_slow())
+    model.train()
+    loss = model.loss(model.visual_tokens(model.visual_features(pixels(4, 32, 32))), TEXTS)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    for name in ("vision_tower.stem.0.weight", "deep_proj.weight", "mid_proj.weight", "row_embed",
+                 "layers.1.cross_kv.weight", "dir_embed", "head.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_score_is_float64_mean_of_directions():
+    torch.manual_seed(0)
+    model = SlowModel(tiny_slow()).eval()
+    with torch.no_grad():
+        tokens = model.visual_tokens(model.visual_features(pixels(4, 32, 32)))
+        l2r = model.log_likelihood(tokens, TEXTS, "l2r")
+        r2l = model.log_likelihood(tokens, TEXTS, "r2l")
+        both = model.score(tokens, TEXTS)
+    assert both.dtype == l2r.dtype == torch.float64 and both.shape == (4,)
+    assert torch.equal(both, (l2r + r2l) / 2)
+    assert not torch.allclose(l2r, r2l)  # the direction embedding makes the two readings differ
+    assert (l2r < 0).all()
+    model.config.directions = "r2l"
+    with torch.no_grad():
+        assert torch.equal(model.score(tokens, TEXTS), r2l)
+
+
+def test_padding_does_not_change_a_caption_likelihood():
+    torch.manual_seed(0)
+    model = SlowModel(tiny_slow()).eval()
+    with torch.no_grad():
+        tokens = model.visual_tokens(model.visual_features(pixels(4, 32, 32)))
+        batch = model.score(tokens, TEXTS)
+        alone = model.score(tokens[2:3], TEXTS[2:3])
+    torch.testing.assert_close(alone[0], batch[2], rtol=1e-5, atol=1e-5)
+
+
+def test_time_reversed_video_reads_differently():
+    torch.manual_seed(0)
+    model = SlowModel(tiny_slow()).eval()
+    clip = pixels(1, 4, 32, 32)
+    with torch.no_grad():
+        fwd = model.visual_tokens(model.visual_features(clip))
+        rev = model.visual_tokens(model.visual_features(clip.flip(1)))
+        assert not torch.allclose(fwd, rev)
+        # Same frames, other order: only the temporal embeddings tell them apart.
+        torch.testing.assert_close((fwd - model.time_embed.repeat_interleave(4, 0)).sort(1).values,
+                                   (rev - model.time_embed.repeat_interleave(4, 0)).sort(1).values)
+        s_fwd, s_rev = model.score(fwd, TEXTS[3:]), model.score(rev, TEXTS[3:])
+    assert s_fwd.item() != s_rev.item()
+
+
+def test_checkpoint_round_trip_gives_same_scores(tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_slow(output_vocab=build_output_vocab(TEXTS[:2], TextTowerConfig(kind="tiny_transformer")))
+    model = SlowModel(cfg).eval()
+    feats = model.visual_features(pixels(4, 32, 32)).detach()
+    save_checkpoint(model, str(tmp_path / "ckpt"))
+    loaded, manifest = load_checkpoint(str(tmp_path / "ckpt"))
+    assert manifest["model_type"] == "slow" and isinstance(loaded, SlowModel)
+    assert loaded.config.output_vocab == cfg.output_vocab
+    with torch.no_grad():
+        expected = model.score(model.visual_tokens(feats), TEXTS)
+        got = loaded.score(loaded.visual_tokens(feats), TEXTS)
+    assert torch.equal(expected, got)
+
+
+def test_output_vocab_maps_unseen_tokens_to_unk():
+    vocab = build_output_vocab(["ab", "ba"], TextTowerConfig(kind="tiny_transformer"))
+    assert vocab == [ord("a"), ord("b")]
+    model = SlowModel(tiny_slow(output_vocab=vocab)).eval()
+    assert model.head.out_features == 4 + 2
+    inp, tgt = model.text_inputs(["abz", "b"], "r2l")
+    # BOS, then the tokens reversed; z is unknown (UNK = 3); a = 4, b = 5; EOS = 2, PAD = 0.
+    assert inp.tolist() == [[1, 3, 5, 4], [1, 5, 0, 0]]
+    assert tgt.tolist() == [[3, 5, 4, 2], [5, 2, 0, 0]]
+
+
+def test_pretrained_default_layout_and_frozen_tower():
+    model = SlowModel(SlowConfig())
+    assert model.frozen_pretrained_prefixes() == ["vision_tower."]
+    assert model.image_layout.grid == (8, 8) and model.video_layout.grid == (4, 4)
+    vocab = build_output_vocab(["a red circle"])  # MiniLM WordPiece ids
+    assert len(vocab) == 3 and all(i > 999 for i in vocab)
+
+
+@pytest.mark.parametrize("bad", [dict(dim=30, heads=4), dict(directions="up"), dict(output_vocab=[1, 1]),
+                                 dict(output_vocab=[-1]), dict(dropout=1.0), dict(video_grid=0)])
+def test_bad_config_is_a_one_line_error(bad):
+    with pytest.raises(FastslowError):
+        tiny_slow(**bad)
+
+
+def test_bad_inputs_are_errors():
+    model = SlowModel(tiny_slow()).eval()
+    with pytest.raises(FastslowError, match="outside"):
+        SlowModel(tiny_slow(output_vocab=[300]))
+    with pytest.raises(FastslowError, match="max_frames"):
+        model.visual_features(pixels(1, 5, 32, 32))
+    with pytest.raises(FastslowError, match="values per item"):
+        model.visual_tokens(torch.zeros(2, 7))
+    with pytest.raises(FastslowError, match="direction"):
+        model.log_likelihood(torch.zeros(1, 64, 32), ["x"], "up")
+
+
+def test_deep_mean_is_the_towers_pooled_output():
+    model = SlowModel(tiny_slow()).eval()
+    images = pixels(3, 32, 32)
+    with torch.no_grad():
+        pooled = model.vision_tower(model.vision_tower.preprocess(images)).pooled
+        torch.testing.assert_close(model.deep_mean(model.visual_features(images)), pooled)
+        assert model.deep_mean(model.visual_features(pixels(2, 3, 32, 32))).shape == (2, 3, 32)
