@@ -50,10 +50,10 @@ class TableSpec:
 # The offline default: pretrained EfficientNet-Lite0 and MiniLM towers, frozen, with trained heads.
 DEFAULT_FAST = FastConfig(vision=VisionTowerConfig(kind="efficientnet_lite0", image_size=128),
                           text=TextTowerConfig(kind="minilm"), embed_dim=256, head_hidden=1024)
-# What the Slow tuning runs found best on the quick data (2 cores): a small, dropout-free decoder.
-DEFAULT_SLOW = SlowConfig(dim=128, ffn=512, layers=1, dropout=0.0)
-SLOW_IMAGES = SlowTrainConfig(epochs=10, batch_size=32, lr=3e-3)
-SLOW_VIDEOS = SlowTrainConfig(epochs=25, batch_size=16, lr=3e-3)
+# The Slow defaults are what the tuning runs found best on the quick data (2 cores); videos need more epochs.
+DEFAULT_SLOW = SlowConfig()
+SLOW_IMAGES = SlowTrainConfig()
+SLOW_VIDEOS = SlowTrainConfig(epochs=25)
 TINY_VISION = VisionTowerConfig(kind="tiny_cnn", image_size=32, trainable=True, width=16)
 TINY_TEXT = TextTowerConfig(kind="tiny_transformer", trainable=True, width=32, depth=1, heads=2)
 FAST_SCHEDULE = FastTrainConfig(epochs=40, batch_size=256, warmup_steps=50, lr=1e-3, neighbours=3)

@@ -20,13 +20,13 @@ from torch import nn
 from fastslow.errors import FastslowError
 from fastslow.models.checkpoint import register_model_type
 from fastslow.models.config import TextTowerConfig, VisionTowerConfig, _check_positive
+from fastslow.models.text import MIN_VOCAB, minilm_path
 from fastslow.models.vision import build_vision_tower, quiet_transformers
 
 DIRECTIONS = ("l2r", "r2l")
 DIRECTION_CHOICES = ("both", "l2r", "r2l")
 PAD, BOS, EOS, UNK = 0, 1, 2, 3  # the decoder's own special ids; output_vocab[i] becomes 4 + i
 NUM_SPECIAL = 4
-MIN_VOCAB = 100
 
 
 @dataclass
@@ -81,8 +81,6 @@ class CaptionTokenizer:
             self.vocab_size = 256
             return
         from transformers import AutoTokenizer
-
-        from fastslow.models.text import minilm_path
 
         path = str(minilm_path()) if cfg.kind == "minilm" else cfg.name_or_path
         try:
