@@ -50,22 +50,6 @@ class RetrievalResult:
     num_queries: int
     gallery_size: int
 
-    def row(self, modality: str, method: str, k: int | None = None) -> dict:
-        """A row of the benchmark table."""
-        m = self.metrics
-        return {
-            "modality": modality,
-            "method": method,
-            "k": k,
-            "r1": round(m["r1"], 2),
-            "r5": round(m["r5"], 2),
-            "r10": round(m["r10"], 2),
-            "median_rank": m["median_rank"],
-            "ms_per_query": round(self.ms_per_query, 4),
-            "queries": self.num_queries,
-            "gallery": self.gallery_size,
-        }
-
 
 @torch.no_grad()
 def evaluate_embeddings(text_emb: torch.Tensor, visual_emb: torch.Tensor, true_index: np.ndarray) -> RetrievalResult:

@@ -50,18 +50,16 @@ def rerank(candidates: np.ndarray, fast_scores: np.ndarray, slow_scores: np.ndar
                     final_scores=take(final))
 
 
-def reranked_ranks(fast_scores_all: np.ndarray | torch.Tensor, true_index: np.ndarray, candidates: np.ndarray,
+def reranked_ranks(fast_ranks: np.ndarray, true_index: np.ndarray, candidates: np.ndarray,
                    final_scores: np.ndarray) -> np.ndarray:
     """1-based rank of each query's true item after re-ranking Fast's top K, ties against the query.
 
+    `fast_ranks` are the true items' ranks under Fast (`fastslow.eval.ranks_of_true`).
     A true item inside the top K is ranked among the K by the final score; one
     outside keeps its Fast rank (the K re-ranked items come first either way).
     """
-    from fastslow.eval import ranks_of_true
-
-    fast_ranks = ranks_of_true(fast_scores_all, true_index)
     k = candidates.shape[1]
-    ranks = fast_ranks.copy()
+    ranks = np.asarray(fast_ranks).copy()
     for q, true in enumerate(true_index):
         hit = np.nonzero(candidates[q] == true)[0]
         if hit.size and fast_ranks[q] <= k:

@@ -3,6 +3,7 @@
 import numpy as np
 import torch
 
+from fastslow.eval import ranks_of_true
 from fastslow.rerank import fast_topk, rerank, reranked_ranks
 
 
@@ -36,7 +37,7 @@ def test_reranked_ranks_inside_and_outside_the_top_k():
     candidates = np.array([[0, 1, 2], [0, 1, 2]])
     final = np.array([[-5.0, -1.0, -9.0], [-5.0, -1.0, -9.0]])
     # Query 0's true item (1) is promoted to rank 1; query 1's (3) was never retrieved: rank 4 as in Fast.
-    assert reranked_ranks(fast_all, np.array([1, 3]), candidates, final).tolist() == [1, 4]
+    assert reranked_ranks(ranks_of_true(fast_all, np.array([1, 3])), np.array([1, 3]), candidates, final).tolist() == [1, 4]
     # A tie with another candidate counts against the query.
     tie = np.array([[-1.0, -1.0, -9.0], [-1.0, -1.0, -9.0]])
-    assert reranked_ranks(fast_all, np.array([1, 1]), candidates, tie).tolist() == [2, 2]
+    assert reranked_ranks(ranks_of_true(fast_all, np.array([1, 1])), np.array([1, 1]), candidates, tie).tolist() == [2, 2]
