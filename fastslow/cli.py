@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", parents=[common], help="train a model in this process",
                        description="Train a model in this process. Settings come from --config (YAML) with KEY=VALUE "
                                    "overrides, e.g. train.epochs=5 model.vision.kind=tiny_cnn.")
-    p.add_argument("model", choices=["fast"], help="which model to train")
+    p.add_argument("model", choices=["fast", "slow", "distill"],
+                   help="fast: the dual encoder; slow: the cross-attention captioner; distill: a Fast student "
+                        "taught by a Slow checkpoint (teacher=PATH)")
     p.add_argument("--config", help="YAML config (see configs/)")
     p.add_argument("--out", help="run folder for the checkpoint, config and history (local or s3://)")
     _add_data_args(p)
@@ -57,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="split to evaluate (default test; 'all' for every item)")
     p.add_argument("--num-frames", type=int, default=8, help="frames sampled per video (default 8)")
     p.add_argument("--json", dest="json_out", help="also write the metrics to this file")
+    p.add_argument("--rerank", metavar="SLOW_CHECKPOINT", help="re-rank Fast's top K with this Slow checkpoint")
+    p.add_argument("--k", type=int, default=20, help="candidates per query re-ranked by Slow (default 20)")
+    p.add_argument("--fast-weight", type=float, default=0.0,
+                   help="final score = Slow log-likelihood + this x Fast cosine (default 0: the Slow order)")
     _add_data_args(p)
     return parser
 
@@ -69,12 +75,13 @@ def _cmd_synth(args) -> dict:
 
 
 def _cmd_train(args) -> dict:
-    from fastslow.config import FastRunConfig, load_config
-    from fastslow.runs import run_train_fast
+    from fastslow import runs
+    from fastslow.config import DistillRunConfig, FastRunConfig, SlowRunConfig, load_config
 
+    config_cls, run = {"fast": (FastRunConfig, runs.run_train_fast), "slow": (SlowRunConfig, runs.run_train_slow),
+                       "distill": (DistillRunConfig, runs.run_distill)}[args.model]
     overrides = _data_overrides(args) + ([f"out={json.dumps(args.out)}"] if args.out else []) + args.overrides
-    cfg = load_config(FastRunConfig, args.config, overrides)
-    return run_train_fast(cfg, progress=not args.no_progress)
+    return run(load_config(config_cls, args.config, overrides), progress=not args.no_progress)
 
 
 def _cmd_eval(args) -> dict:
@@ -85,7 +92,8 @@ def _cmd_eval(args) -> dict:
     overrides = [o.removeprefix("data.") for o in _data_overrides(args)] + [f"num_frames={args.num_frames}"]
     data = load_config(DataConfig, None, overrides)
     split = None if args.split == "all" else args.split
-    result = run_eval(args.checkpoint, data, split, progress=not args.no_progress)
+    result = run_eval(args.checkpoint, data, split, progress=not args.no_progress, rerank=args.rerank, k=args.k,
+                      fast_weight=args.fast_weight)
     if args.json_out:
         storage.write_text(args.json_out, json.dumps(result, indent=2))
     return result

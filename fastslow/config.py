@@ -9,7 +9,10 @@ import yaml
 
 from fastslow import storage
 from fastslow.errors import FastslowError
+from fastslow.distill import DistillConfig
 from fastslow.models.config import FastConfig, dataclass_from_dict, dataclass_to_dict
+from fastslow.models.slow import SlowConfig
+from fastslow.slow_training import SlowTrainConfig
 from fastslow.training import FastTrainConfig
 
 T = TypeVar("T")
@@ -37,6 +40,35 @@ class FastRunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: FastTrainConfig = field(default_factory=FastTrainConfig)
     out: str = "runs/fast"
+
+
+@dataclass
+class SlowRunConfig:
+    """Everything one Slow training run needs."""
+
+    model: SlowConfig = field(default_factory=SlowConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: SlowTrainConfig = field(default_factory=SlowTrainConfig)
+    out: str = "runs/slow"
+
+
+@dataclass
+class DistillTrainConfig(FastTrainConfig):
+    """Fast's schedule; batches hold neighbours by default, the candidates the teacher scored."""
+
+    neighbours: int = 3
+
+
+@dataclass
+class DistillRunConfig:
+    """A Fast student trained with a frozen Slow teacher's soft targets over nearest-neighbour batches."""
+
+    teacher: str = ""  # the Slow checkpoint (local or s3://)
+    model: FastConfig = field(default_factory=FastConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: DistillTrainConfig = field(default_factory=DistillTrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    out: str = "runs/fast_distilled"
 
 
 def apply_override(tree: dict, override: str) -> None:

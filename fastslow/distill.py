@@ -27,7 +27,9 @@ class DistillConfig:
     """Weight and temperature of the soft-target term."""
 
     weight: float = 1.0
-    temperature: float = 1.0
+    # The teacher's scores are caption log-likelihoods, tens of nats apart: at 1 the targets are
+    # near one-hot. On the quick synthetic images the distilled Fast's R@1 was 49 at 1, 54 at 5, 60 at 10.
+    temperature: float = 10.0
 
 
 def soft_target_loss(student_logits: torch.Tensor, teacher_scores: torch.Tensor, temperature: float,

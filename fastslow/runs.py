@@ -6,16 +6,23 @@ import json
 import time
 
 from fastslow import storage
-from fastslow.config import DataConfig, FastRunConfig, dump_config
+import numpy as np
+import torch
+
+from fastslow.config import DataConfig, DistillRunConfig, FastRunConfig, SlowRunConfig, dump_config
 from fastslow.data.decode import DecodeConfig
 from fastslow.data.loaded import LoadedSplit, load_split
 from fastslow.data.registry import open_dataset
 from fastslow.errors import FastslowError
-from fastslow.eval import RetrievalResult, chance_metrics
+from fastslow.distill import DistillationLoss, precompute_teacher
+from fastslow.eval import RetrievalResult, chance_metrics, metrics_from_ranks, ranks_of_true
 from fastslow.log import get_logger
 from fastslow.models.checkpoint import load_checkpoint, save_checkpoint
 from fastslow.models.fast import FastModel
-from fastslow.training import evaluate_fast, train_fast
+from fastslow.models.slow import SlowModel
+from fastslow.rerank import fast_topk, fuse_scores, reranked_ranks
+from fastslow.slow_training import evaluate_slow, make_slow_model, slow_features, slow_score_matrix, train_slow
+from fastslow.training import FastBatches, embed_split, evaluate_fast, train_fast
 
 log = get_logger(__name__)
 
@@ -55,18 +62,15 @@ def result_summary(result: RetrievalResult, split: str | None) -> dict:
     }
 
 
-def run_train_fast(cfg: FastRunConfig, progress: bool = True) -> dict:
-    """Train Fast on the training split, evaluate on the validation split, save the checkpoint to `cfg.out`."""
-    started = time.time()
-    size = cfg.model.vision.image_size
+def _load_train(cfg, size: int, progress: bool) -> LoadedSplit:
     train = load_data_split(cfg.data, cfg.data.train_split, size, progress)
     write_report(train.report, storage.join(cfg.out, "skipped_train.jsonl"))
-    model = FastModel(cfg.model)
-    history = train_fast(model, train, cfg.train, progress=progress)
-    summary = {"train_items": len(train.ids), "steps": len(history), "final_loss": history[-1]["loss"] if history else None}
-    if cfg.data.val_split:
-        val = load_data_split(cfg.data, cfg.data.val_split, size, progress)
-        summary["val"] = result_summary(evaluate_fast(model, val), cfg.data.val_split)
+    return train
+
+
+def _finish_run(cfg, model, history: list[dict], summary: dict, started: float) -> dict:
+    """Save the checkpoint, config and history of a run under `cfg.out`; the summary gains the checkpoint path."""
+    summary.update(steps=len(history), final_loss=history[-1]["loss"] if history else None)
     checkpoint = storage.join(cfg.out, "checkpoint")
     save_checkpoint(model, checkpoint, extra={"train_summary": summary})
     storage.write_text(storage.join(cfg.out, "config.yaml"), dump_config(cfg))
@@ -75,8 +79,108 @@ def run_train_fast(cfg: FastRunConfig, progress: bool = True) -> dict:
     return summary
 
 
-def run_eval(checkpoint: str, data: DataConfig, split: str | None, progress: bool = True) -> dict:
-    """Evaluate a saved Fast checkpoint on one split of any supported dataset."""
+def _validate_fast(cfg, model, summary: dict, progress: bool) -> None:
+    if cfg.data.val_split:
+        val = load_data_split(cfg.data, cfg.data.val_split, cfg.model.vision.image_size, progress)
+        summary["val"] = result_summary(evaluate_fast(model, val), cfg.data.val_split)
+
+
+def run_train_fast(cfg: FastRunConfig, progress: bool = True) -> dict:
+    """Train Fast on the training split, evaluate on the validation split, save the checkpoint to `cfg.out`."""
+    started = time.time()
+    train = _load_train(cfg, cfg.model.vision.image_size, progress)
+    model = FastModel(cfg.model)
+    history = train_fast(model, train, cfg.train, progress=progress)
+    summary = {"train_items": len(train.ids)}
+    _validate_fast(cfg, model, summary, progress)
+    return _finish_run(cfg, model, history, summary, started)
+
+
+def run_train_slow(cfg: SlowRunConfig, progress: bool = True) -> dict:
+    """Train the Slow captioner, rank the validation split with it (gallery capped), save the checkpoint."""
+    started = time.time()
+    train = _load_train(cfg, cfg.model.vision.image_size, progress)
+    model = make_slow_model(cfg.model, train.caption_pairs()[0])
+    history = train_slow(model, train, cfg.train, progress=progress)
+    summary = {"train_items": len(train.ids)}
+    if cfg.data.val_split:
+        val = load_data_split(cfg.data, cfg.data.val_split, cfg.model.vision.image_size, progress)
+        summary["val"] = result_summary(evaluate_slow(model, val, progress=progress), cfg.data.val_split)
+    return _finish_run(cfg, model, history, summary, started)
+
+
+def load_slow(checkpoint: str) -> SlowModel:
+    """A Slow checkpoint, refusing any other model type with a clear error."""
     model, _ = load_checkpoint(checkpoint)
+    if not isinstance(model, SlowModel):
+        raise FastslowError(f"{checkpoint}: expected a Slow checkpoint, found a {type(model).__name__}")
+    return model
+
+
+def load_fast(checkpoint: str) -> FastModel:
+    """A Fast checkpoint, refusing any other model type with a clear error."""
+    model, _ = load_checkpoint(checkpoint)
+    if not isinstance(model, FastModel):
+        raise FastslowError(f"{checkpoint}: expected a Fast checkpoint, found a {type(model).__name__}")
+    return model
+
+
+def run_distill(cfg: DistillRunConfig, progress: bool = True) -> dict:
+    """Train a Fast student with the Slow teacher's soft targets; evaluate on validation; save the checkpoint."""
+    started = time.time()
+    if not cfg.teacher:
+        raise FastslowError("teacher is not set: pass teacher=PATH, the Slow checkpoint to distil")
+    if cfg.train.neighbours < 1:
+        raise FastslowError(f"train.neighbours={cfg.train.neighbours}: distillation needs neighbour batches "
+                            "(>= 1), or no batch holds a caption's teacher-scored candidates")
+    teacher = load_slow(cfg.teacher)
+    train = _load_train(cfg, cfg.model.vision.image_size, progress)
+    student = FastModel(cfg.model)
+    batches = FastBatches(student, train, cfg.train, progress)
+    teacher_pixels = train.pixels
+    if teacher.config.vision.image_size != cfg.model.vision.image_size:
+        teacher_pixels = load_data_split(cfg.data, cfg.data.train_split, teacher.config.vision.image_size, progress).pixels
+    features = slow_features(teacher, teacher_pixels, progress=progress)
+    table = precompute_teacher(teacher, features, batches.texts, batches.caption_item, batches.neighbour_table,
+                               progress=progress)
+    history = train_fast(student, train, cfg.train, progress=progress, loss_fn=DistillationLoss(table, cfg.distill),
+                         batches=batches)
+    summary = {"train_items": len(train.ids), "teacher": cfg.teacher}
+    _validate_fast(cfg, student, summary, progress)
+    return _finish_run(cfg, student, history, summary, started)
+
+
+def evaluate_reranked(fast: FastModel, slow: SlowModel, split: LoadedSplit, k: int, fast_weight: float = 0.0,
+                      slow_pixels: np.ndarray | None = None, progress: bool = False) -> RetrievalResult:
+    """Fast retrieves each caption's top k items of the split, Slow re-scores them; ms counts both per query."""
+    emb = embed_split(fast, split, progress=progress)
+    t0 = time.perf_counter()
+    fast_scores, candidates = fast_topk(emb.queries, emb.gallery, k)
+    topk_s = time.perf_counter() - t0
+    # Items' Slow features are computed offline, like the Fast gallery.
+    features = slow_features(slow, split.pixels if slow_pixels is None else slow_pixels, progress=progress)
+    t0 = time.perf_counter()
+    slow_scores = slow_score_matrix(slow, features, emb.texts, torch.from_numpy(candidates), progress=progress)
+    slow_s = time.perf_counter() - t0
+    fast_ranks = ranks_of_true(emb.queries.double() @ emb.gallery.double().T, emb.true_index)
+    ranks = reranked_ranks(fast_ranks, emb.true_index, candidates, fuse_scores(fast_scores, slow_scores, fast_weight))
+    q = len(emb.texts)
+    return RetrievalResult(metrics=metrics_from_ranks(ranks), num_queries=q, gallery_size=len(split.ids),
+                           ms_per_query=emb.encode_ms_per_query + 1000.0 * (topk_s + slow_s) / q)
+
+
+def run_eval(checkpoint: str, data: DataConfig, split: str | None, progress: bool = True, rerank: str | None = None,
+             k: int = 20, fast_weight: float = 0.0) -> dict:
+    """Evaluate a saved Fast checkpoint on one split; with `rerank` (a Slow checkpoint), Fast top k then Slow."""
+    model = load_fast(checkpoint)
     loaded = load_data_split(data, split, model.config.vision.image_size, progress)
-    return result_summary(evaluate_fast(model, loaded, progress=progress), split)
+    if rerank is None:
+        return result_summary(evaluate_fast(model, loaded, progress=progress), split)
+    if k < 1:
+        raise FastslowError(f"--k {k}: the number of candidates to re-rank must be at least 1")
+    slow = load_slow(rerank)
+    slow_pixels = None
+    if slow.config.vision.image_size != model.config.vision.image_size:
+        slow_pixels = load_data_split(data, split, slow.config.vision.image_size, progress).pixels
+    result = evaluate_reranked(model, slow, loaded, k, fast_weight, slow_pixels, progress)
+    return {**result_summary(result, split), "rerank": rerank, "k": k, "fast_weight": fast_weight}

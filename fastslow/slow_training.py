@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from fastslow.data.loaded import LoadedSplit
 from fastslow.errors import FastslowError
+from fastslow.eval import RetrievalResult, metrics_from_ranks, ranks_of_true
 from fastslow.log import get_logger
 from fastslow.models.slow import SlowConfig, SlowModel, build_output_vocab
 from fastslow.training import warmup_cosine
@@ -176,3 +177,23 @@ def _items_kv(model: SlowModel, features: torch.Tensor, items: torch.Tensor, bat
     parts = [model.memory_kv(model.visual_tokens(features[items[i : i + batch]])) for i in range(0, len(items), batch)]
     return [(torch.cat([p[layer][0] for p in parts]), torch.cat([p[layer][1] for p in parts]))
             for layer in range(len(model.layers))]
+
+
+def evaluate_slow(model: SlowModel, split: LoadedSplit, max_items: int = 300, progress: bool = False) -> RetrievalResult:
+    """Slow over a whole gallery: each item's first caption against every item (the first `max_items` items).
+
+    Slow costs one decoder pass per (caption, item) pair, so the gallery is capped; the
+    result says how many items and queries it covered.
+    """
+    n = min(len(split.ids), max_items)
+    if n == 0:
+        raise FastslowError("evaluate_slow: the split has no items")
+    texts, caption_item = split.caption_pairs()
+    first = np.searchsorted(caption_item, np.arange(n))
+    features = slow_features(model, split.pixels[:n], progress=progress)
+    t0 = time.perf_counter()
+    scores = slow_score_matrix(model, features, [texts[i] for i in first], torch.arange(n).expand(n, n),
+                               progress=progress)
+    ms = 1000.0 * (time.perf_counter() - t0) / n
+    ranks = ranks_of_true(scores, np.arange(n))
+    return RetrievalResult(metrics=metrics_from_ranks(ranks), ms_per_query=ms, num_queries=n, gallery_size=n)

@@ -18,8 +18,13 @@ def test_tiny_table_has_the_rows_and_files(tmp_path):
     table = json.loads(out.read_text())
     rows = {(r["modality"], r["method"]): r for r in table["rows"]}
     methods = {"chance", "fast", "slow", "fast_distilled"}
-    assert set(rows) == {(m, x) for m in ("image", "video") for x in methods | {"fast+slow"}}
-    assert sorted(r["k"] for r in table["rows"] if r["method"] == "fast+slow" and r["modality"] == "image") == [2, 5]
+    assert set(rows) == {(m, x) for m in ("image", "video") for x in methods | {"fast+slow", "fast_distilled+slow"}}
+    for method in ("fast+slow", "fast_distilled+slow"):
+        assert sorted(r["k"] for r in table["rows"] if r["method"] == method and r["modality"] == "image") == [2, 5]
+    # Re-ranking only reorders the top K: R@K (here R@5 at K=5) is the first stage's.
+    for first in ("fast", "fast_distilled"):
+        reranked = next(r for r in table["rows"] if r["method"] == f"{first}+slow" and r["k"] == 5 and r["modality"] == "image")
+        assert reranked["r5"] == rows[("image", first)]["r5"]
     for row in table["rows"]:
         assert ROW_KEYS <= set(row)
         assert 0 <= row["r1"] <= row["r5"] <= row["r10"] <= 100

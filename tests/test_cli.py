@@ -88,3 +88,48 @@ def test_synth_bad_setting_is_one_line(tmp_path):
     proc = fastslow("synth", "--out", str(tmp_path / "s"), "--size", "tiny", "n_tset=3", check=False)
     assert proc.returncode == 2 and "n_tset" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+# The packaged frozen towers at 64 px (their maps are cached), a narrow decoder.
+SMALL_SLOW = ["model.vision.image_size=64", "model.dim=64", "model.ffn=128"]
+
+
+def test_slow_distill_and_rerank_through_the_cli(tiny_synth, tmp_path):
+    data = str(tiny_synth / "images")
+    slow = json.loads(fastslow("train", "slow", "--data", data, "--out", str(tmp_path / "slow"), *SMALL_SLOW,
+                               "train.epochs=20", "train.batch_size=8").stdout)
+    history = json.loads((tmp_path / "slow" / "history.json").read_text())
+    assert slow["steps"] == 100 and history[-1]["loss"] < history[0]["loss"]
+    assert slow["val"]["gallery"] == 10 and slow["val"]["queries"] == 10  # each val item's first caption
+
+    fast_args = ["--data", data, *TINY_MODEL, "train.epochs=3", "train.batch_size=8"]
+    fast = json.loads(fastslow("train", "fast", "--out", str(tmp_path / "fast"), *fast_args).stdout)
+    student = json.loads(fastslow("train", "distill", "--out", str(tmp_path / "student"), *fast_args,
+                                  f"teacher={slow['checkpoint']}", "train.neighbours=1", "distill.weight=2").stdout)
+    assert student["teacher"] == slow["checkpoint"] and student["val"]["gallery"] == 10
+    distilled = json.loads((tmp_path / "student" / "history.json").read_text())
+    assert all("distill" in h for h in distilled) and any(h["candidates"] > 1 for h in distilled)
+
+    # K = 1 keeps Fast's ranking exactly; K = the gallery is Slow's ranking of every caption.
+    evaluate = lambda *extra: json.loads(fastslow(  # noqa: E731
+        "eval", "--checkpoint", fast["checkpoint"], "--data", data, "--split", "train", *extra).stdout)
+    plain, k1 = evaluate(), evaluate("--rerank", slow["checkpoint"], "--k", "1")
+    assert {m: k1[m] for m in ("r1", "r5", "r10", "median_rank")} == {m: plain[m] for m in ("r1", "r5", "r10", "median_rank")}
+    everything = evaluate("--rerank", slow["checkpoint"], "--k", "40")
+    assert everything["k"] == 40 and everything["r1"] > 3 * everything["chance"]["r1"], everything
+
+
+@pytest.mark.parametrize("case", ["no_teacher", "fast_as_teacher", "no_neighbours"])
+def test_distill_refuses_bad_settings_in_one_line(case, tiny_synth, tmp_path):
+    data = str(tiny_synth / "images")
+    args = ["--data", data, *TINY_MODEL, "train.epochs=1", "train.batch_size=8"]
+    if case == "fast_as_teacher":
+        fast = json.loads(fastslow("train", "fast", "--out", str(tmp_path / "fast"), *args).stdout)
+        args, needle = [*args, f"teacher={fast['checkpoint']}"], "expected a Slow checkpoint"
+    elif case == "no_neighbours":
+        args, needle = [*args, f"teacher={tmp_path}", "train.neighbours=0"], "neighbours"
+    else:
+        needle = "teacher is not set"
+    proc = fastslow("train", "distill", "--out", str(tmp_path / "student"), *args, check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert needle in proc.stderr, proc.stderr

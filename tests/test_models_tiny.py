@@ -99,3 +99,58 @@ def test_video_pools_tower_features_over_time():
     masked = model.embed_visual_features(feats, frame_mask=mask)
     torch.testing.assert_close(masked[0], model.embed_visual_features(frame0)[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(masked[1], emb[1], atol=1e-6, rtol=1e-6)
+
+
+def pooled_config(**kw) -> FastConfig:
+    cfg = tiny_config()
+    return FastConfig(vision=cfg.vision, text=cfg.text, embed_dim=8, head_hidden=16, token_hidden=12, **kw)
+
+
+def test_mid_token_pooling_keeps_every_map_position():
+    torch.manual_seed(0)
+    model = FastModel(pooled_config(vision_pooling="mid_tokens")).eval()
+    images = pixels(3, 32, 32)
+    feats = model.visual_features(images)
+    assert feats.shape == (3, 8 * 8 * 16)  # the 8x8 map of 16 channels, channel-last
+    mid = model.vision_tower(model.vision_tower.preprocess(images)).maps[0]
+    torch.testing.assert_close(feats.reshape(3, 8, 8, 16)[:, 2, 5], mid[:, :, 2, 5])
+    emb = model.encode_visual(images)
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3))
+    # Mean and max over positions: the order of positions does not matter.
+    shuffled = feats.reshape(3, 64, 16)[:, torch.randperm(64)].reshape(3, -1)
+    torch.testing.assert_close(model.embed_visual_features(shuffled), emb, atol=1e-5, rtol=1e-5)
+    # A video's tokens are all its frames' positions; masked frames do not count.
+    video = pixels(2, 3, 32, 32)
+    vfeats = model.visual_features(video)
+    assert vfeats.shape == (2, 3, 8 * 8 * 16)
+    still = video[:, :1].expand(2, 4, 32, 32, 3)
+    torch.testing.assert_close(model.encode_visual(still), model.encode_visual(video[:, 0]), atol=1e-5, rtol=1e-5)
+    masked = model.embed_visual_features(vfeats, frame_mask=torch.tensor([[1, 0, 0], [1, 1, 1]]))
+    torch.testing.assert_close(masked[0], model.encode_visual(video[:1, 0])[0], atol=1e-5, rtol=1e-5)
+
+
+def test_attention_text_pooling_ignores_padding_and_trains():
+    torch.manual_seed(0)
+    model = FastModel(pooled_config(text_pooling="attention", visual_dropout=0.5))
+    feats = model.text_features(["a red cube", "x"])
+    assert feats.shape == (2, 16, 16)  # padded to the tower's max_length with zero rows
+    assert (feats[1, 3:] == 0).all() and (feats[1, :3] != 0).any(dim=-1).all()
+    model.eval()
+    alone = model.encode_text(["x"])
+    torch.testing.assert_close(model.encode_text(["a red cube", "x"])[1], alone[0], atol=1e-5, rtol=1e-5)
+    model.train()
+    (model.encode_text(["a", "b"]) @ model.encode_visual(pixels(2, 32, 32)).T).sum().backward()
+    assert model.text_pool.query.grad.abs().sum() > 0
+
+
+def test_pooling_options_survive_a_checkpoint(tmp_path):
+    from fastslow.models import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = FastModel(pooled_config(vision_pooling="mid_tokens", text_pooling="attention")).eval()
+    save_checkpoint(model, str(tmp_path / "ckpt"))
+    loaded, _ = load_checkpoint(str(tmp_path / "ckpt"))
+    assert loaded.config == model.config
+    images, texts = pixels(2, 32, 32), ["a red cube", "x"]
+    torch.testing.assert_close(loaded.encode_visual(images), model.encode_visual(images))
+    torch.testing.assert_close(loaded.encode_text(texts), model.encode_text(texts))

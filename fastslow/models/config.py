@@ -15,6 +15,8 @@ T = TypeVar("T")
 VISION_KINDS = ("efficientnet_lite0", "hf", "tiny_cnn")
 TEXT_KINDS = ("minilm", "hf", "tiny_transformer")
 VIDEO_POOLINGS = ("mean", "max")
+VISION_POOLINGS = ("global", "mid_tokens")
+TEXT_POOLINGS = ("mean", "attention")
 
 
 def _check_choice(where: str, value: str, choices: tuple[str, ...]) -> None:
@@ -76,13 +78,26 @@ class FastConfig:
     embed_dim: int = 256
     head_hidden: int = 512  # 0 = linear head
     init_temperature: float = 0.07
-    video_pooling: str = "mean"  # over frames' tower features, before the head
+    video_pooling: str = "mean"  # over frames' tower features, before the head (global pooling only)
+    # global: the tower's pooled vector. mid_tokens: every position of the stage-before-last map
+    # through a learned per-token MLP, then mean and max over positions (and frames): keeps small
+    # objects' colour and shape, which a global average washes out.
+    vision_pooling: str = "global"
+    token_hidden: int = 512  # mid_tokens: width of the per-token MLP
+    # mean: the text tower's mean over tokens. attention: that mean plus a learned query attending over tokens.
+    text_pooling: str = "mean"
+    visual_dropout: float = 0.0  # on the visual head's input, in training (the text side overfits less)
 
     def __post_init__(self) -> None:
-        _check_positive("fast", embed_dim=self.embed_dim, init_temperature=self.init_temperature)
+        _check_positive("fast", embed_dim=self.embed_dim, init_temperature=self.init_temperature,
+                        token_hidden=self.token_hidden)
         if self.head_hidden < 0:
             raise FastslowError(f"fast.head_hidden: must be >= 0, got {self.head_hidden}")
+        if not 0.0 <= self.visual_dropout < 1.0:
+            raise FastslowError(f"fast.visual_dropout: must be in [0, 1), got {self.visual_dropout}")
         _check_choice("fast.video_pooling", self.video_pooling, VIDEO_POOLINGS)
+        _check_choice("fast.vision_pooling", self.vision_pooling, VISION_POOLINGS)
+        _check_choice("fast.text_pooling", self.text_pooling, TEXT_POOLINGS)
 
 
 def dataclass_to_dict(obj: Any) -> dict:

@@ -39,6 +39,44 @@ def pool_frames(feats: torch.Tensor, how: str, frame_mask: torch.Tensor | None =
     return feats.masked_fill(~m, float("-inf")).amax(dim=1)
 
 
+def masked_mean_max(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, N, D) to (B, 2D): mean and max over the N positions where mask (B, N) is true (all if None)."""
+    if mask is None:
+        return torch.cat([x.mean(dim=1), x.amax(dim=1)], dim=-1)
+    m = mask.to(device=x.device, dtype=torch.bool).unsqueeze(-1)
+    mean = (x * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
+    return torch.cat([mean, x.masked_fill(~m, float("-inf")).amax(dim=1)], dim=-1)
+
+
+class TokenPool(nn.Module):
+    """Feature-map positions (B, N, C) through a shared MLP, then mean and max over positions: (B, 2*hidden)."""
+
+    def __init__(self, in_dim: int, hidden: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU())
+        self.out_dim = 2 * hidden
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return masked_mean_max(self.mlp(self.norm(tokens)), mask)
+
+
+class AttentionTextPool(nn.Module):
+    """Token states (B, L, D), zero rows = padding, to their mean plus a learned query's attention read-out."""
+
+    def __init__(self, dim: int, heads: int = 4):
+        super().__init__()
+        heads = heads if dim % heads == 0 else 1
+        self.query = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        real = tokens.abs().sum(dim=-1) > 0
+        mean = (tokens * real.unsqueeze(-1)).sum(dim=1) / real.sum(dim=1, keepdim=True).clamp(min=1)
+        read = self.attn(self.query.expand(len(tokens), -1, -1), tokens, tokens, key_padding_mask=~real)[0][:, 0]
+        return mean + read
+
+
 class FastModel(nn.Module):
     """Dual encoder; score(text, item) = encode_text . encode_visual, scaled by 1/temperature in training.
 
@@ -53,7 +91,14 @@ class FastModel(nn.Module):
         self.config = cfg
         self.vision_tower = build_vision_tower(cfg.vision)
         self.text_tower = build_text_tower(cfg.text)
-        self.visual_head = ProjectionHead(self.vision_tower.out_dim, cfg.embed_dim, cfg.head_hidden)
+        visual_dim = self.vision_tower.out_dim
+        if cfg.vision_pooling == "mid_tokens":
+            self.token_pool = TokenPool(self.vision_tower.map_dims[0], cfg.token_hidden)
+            visual_dim = self.token_pool.out_dim
+        if cfg.text_pooling == "attention":
+            self.text_pool = AttentionTextPool(self.text_tower.out_dim)
+        self.visual_dropout = nn.Dropout(cfg.visual_dropout)
+        self.visual_head = ProjectionHead(visual_dim, cfg.embed_dim, cfg.head_hidden)
         self.text_head = ProjectionHead(self.text_tower.out_dim, cfg.embed_dim, cfg.head_hidden)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
 
@@ -67,33 +112,56 @@ class FastModel(nn.Module):
         return [p for p, t in towers.items() if t.pretrained and not t.trainable]
 
     def visual_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 images (B,H,W,3) -> (B,D), or videos (B,T,H,W,3) -> (B,T,D): the tower's pooled features."""
+        """uint8 images (B,H,W,3) -> (B,F), or videos (B,T,H,W,3) -> (B,T,F): what the frozen tower gives.
+
+        F is the pooled vector (global pooling) or the stage-before-last map, channel-last and
+        flattened (mid_tokens pooling).
+        """
         if pixels.dim() == 5:
             b, t = pixels.shape[:2]
             # All frames through the tower as one batch.
             feats = self.visual_features(pixels.reshape(b * t, *pixels.shape[2:]))
             return feats.reshape(b, t, -1)
-        return self.vision_tower(self.vision_tower.preprocess(pixels)).pooled
+        out = self.vision_tower(self.vision_tower.preprocess(pixels))
+        if self.config.vision_pooling == "mid_tokens":
+            return out.maps[0].permute(0, 2, 3, 1).flatten(1)
+        return out.pooled
 
     def embed_visual_features(self, feats: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Tower features (B,D) or (B,T,D) (pooled over T first) to unit embeddings (B,E)."""
-        feats = feats.to(self.device)
-        if feats.dim() == 3:
+        """Tower features (B,F) or (B,T,F) (pooled over T first) to unit embeddings (B,E)."""
+        feats = feats.to(self.device).float()
+        if self.config.vision_pooling == "mid_tokens":
+            b, c = feats.shape[0], self.vision_tower.map_dims[0]
+            tokens = feats.reshape(b, -1, c)  # a video's tokens are every position of every frame
+            mask = None
+            if feats.dim() == 3 and frame_mask is not None:
+                per_frame = feats.shape[2] // c
+                mask = frame_mask.to(self.device).bool().repeat_interleave(per_frame, dim=1)
+            feats = self.token_pool(tokens, mask)
+        elif feats.dim() == 3:
             feats = pool_frames(feats, self.config.video_pooling, frame_mask)
-        return self.visual_head(feats)
+        return self.visual_head(self.visual_dropout(feats))
 
     def encode_visual(self, pixels: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 images or videos to unit embeddings (B,E)."""
         return self.embed_visual_features(self.visual_features(pixels), frame_mask)
 
     def text_features(self, texts: list[str]) -> torch.Tensor:
-        """Texts to the text tower's pooled features (B,D)."""
+        """Texts to the text tower's pooled features (B,D), or for attention pooling its token
+        states (B,L,D) padded with zero rows to the tower's max_length (so cached batches stack)."""
         enc = self.text_tower.tokenize(texts)
-        return self.text_tower(enc["input_ids"], enc["attention_mask"]).pooled
+        out = self.text_tower(enc["input_ids"], enc["attention_mask"])
+        if self.config.text_pooling == "mean":
+            return out.pooled
+        tokens = out.tokens * out.mask.unsqueeze(-1).to(out.tokens.dtype)
+        return F.pad(tokens, (0, 0, 0, self.text_tower.max_length - tokens.shape[1]))
 
     def embed_text_features(self, feats: torch.Tensor) -> torch.Tensor:
-        """Text tower features (B,D) to unit embeddings (B,E)."""
-        return self.text_head(feats.to(self.device))
+        """Text tower features (as text_features gives them) to unit embeddings (B,E)."""
+        feats = feats.to(self.device).float()
+        if self.config.text_pooling == "attention":
+            feats = self.text_pool(feats)
+        return self.text_head(feats)
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """Texts to unit embeddings (B,E)."""
