@@ -28,7 +28,7 @@ class DistillConfig:
 
     weight: float = 1.0
     # The teacher's scores are caption log-likelihoods, tens of nats apart: at 1 the targets are
-    # near one-hot. On the quick synthetic images the distilled Fast's R@1 was 49 at 1, 54 at 5, 60 at 10.
+    # near one-hot. Tuning on the quick synthetic images: distilled Fast R@1 rose from T=1 to 5 to 10 (49, 52 / 54, 60).
     temperature: float = 10.0
 
 
