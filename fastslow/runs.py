@@ -139,7 +139,8 @@ def run_distill(cfg: DistillRunConfig, progress: bool = True) -> dict:
     batches = FastBatches(student, train, cfg.train, progress)
     teacher_pixels = train.pixels
     if teacher.config.vision.image_size != cfg.model.vision.image_size:
-        teacher_pixels = load_data_split(cfg.data, cfg.data.train_split, teacher.config.vision.image_size, progress).pixels
+        teacher_size = teacher.config.vision.image_size
+        teacher_pixels = load_data_split(cfg.data, cfg.data.train_split, teacher_size, progress).pixels
     features = slow_features(teacher, teacher_pixels, progress=progress)
     table = precompute_teacher(teacher, features, batches.texts, batches.caption_item, batches.neighbour_table,
                                progress=progress)
