@@ -22,8 +22,7 @@ from fastslow.log import get_logger
 from fastslow.models.config import FastConfig, TextTowerConfig, VisionTowerConfig
 from fastslow.models.fast import FastModel
 from fastslow.models.slow import SlowConfig
-from fastslow.rerank import fast_topk, fuse_scores, reranked_ranks
-from fastslow.runs import load_data_split
+from fastslow.runs import load_data_split, rerank_embedded
 from fastslow.slow_training import SlowTrainConfig, make_slow_model, slow_features, slow_score_matrix, train_slow
 from fastslow.synth import ensure_synth
 from fastslow.training import FastBatches, FastTrainConfig, embed_split, train_fast
@@ -157,10 +156,7 @@ def rerank_rows(modality: str, method: str, ks, emb, fast_ranks: np.ndarray, slo
     """One row per K: the first stage's top K of every query re-ranked by Slow, timed per query."""
     rows, q = [], len(emb.texts)
     for k in ks:
-        (fast_scores, candidates), topk_s = timed(fast_topk, emb.queries, emb.gallery, k)
-        slow_scores, slow_s = timed(slow_score_matrix, slow, gallery_features, emb.texts, torch.from_numpy(candidates))
-        ranks = reranked_ranks(fast_ranks, emb.true_index, candidates, fuse_scores(fast_scores, slow_scores))
-        ms = emb.encode_ms_per_query + 1000 * (topk_s + slow_s) / q
+        ranks, ms = rerank_embedded(emb, fast_ranks, slow, gallery_features, k)
         rows.append(row(modality, method, k, metrics_from_ranks(ranks), ms, q, n))
         rows[-1]["r1_same_queries"] = round(metrics_from_ranks(ranks[subset])["r1"], 2)
     return rows

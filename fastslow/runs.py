@@ -22,7 +22,7 @@ from fastslow.models.fast import FastModel
 from fastslow.models.slow import SlowModel
 from fastslow.rerank import fast_topk, fuse_scores, reranked_ranks
 from fastslow.slow_training import evaluate_slow, make_slow_model, slow_features, slow_score_matrix, train_slow
-from fastslow.training import FastBatches, embed_split, evaluate_fast, train_fast
+from fastslow.training import FastBatches, FastRetrieval, embed_split, evaluate_fast, train_fast
 
 log = get_logger(__name__)
 
@@ -155,19 +155,23 @@ def evaluate_reranked(fast: FastModel, slow: SlowModel, split: LoadedSplit, k: i
                       slow_pixels: np.ndarray | None = None, progress: bool = False) -> RetrievalResult:
     """Fast retrieves each caption's top k items of the split, Slow re-scores them; ms counts both per query."""
     emb = embed_split(fast, split, progress=progress)
-    t0 = time.perf_counter()
-    fast_scores, candidates = fast_topk(emb.queries, emb.gallery, k)
-    topk_s = time.perf_counter() - t0
     # Items' Slow features are computed offline, like the Fast gallery.
     features = slow_features(slow, split.pixels if slow_pixels is None else slow_pixels, progress=progress)
-    t0 = time.perf_counter()
-    slow_scores = slow_score_matrix(slow, features, emb.texts, torch.from_numpy(candidates), progress=progress)
-    slow_s = time.perf_counter() - t0
     fast_ranks = ranks_of_true(emb.queries.double() @ emb.gallery.double().T, emb.true_index)
+    ranks, ms = rerank_embedded(emb, fast_ranks, slow, features, k, fast_weight, progress)
+    return RetrievalResult(metrics=metrics_from_ranks(ranks), num_queries=len(emb.texts), gallery_size=len(split.ids),
+                           ms_per_query=ms)
+
+
+def rerank_embedded(emb: FastRetrieval, fast_ranks: np.ndarray, slow: SlowModel, features: torch.Tensor, k: int,
+                    fast_weight: float = 0.0, progress: bool = False) -> tuple[np.ndarray, float]:
+    """Ranks of the true items once Slow re-scores Fast's top k, and the ms per query (text encoding, top k, Slow)."""
+    t0 = time.perf_counter()
+    fast_scores, candidates = fast_topk(emb.queries, emb.gallery, k)
+    slow_scores = slow_score_matrix(slow, features, emb.texts, torch.from_numpy(candidates), progress=progress)
+    seconds = time.perf_counter() - t0
     ranks = reranked_ranks(fast_ranks, emb.true_index, candidates, fuse_scores(fast_scores, slow_scores, fast_weight))
-    q = len(emb.texts)
-    return RetrievalResult(metrics=metrics_from_ranks(ranks), num_queries=q, gallery_size=len(split.ids),
-                           ms_per_query=emb.encode_ms_per_query + 1000.0 * (topk_s + slow_s) / q)
+    return ranks, emb.encode_ms_per_query + 1000.0 * seconds / len(emb.texts)
 
 
 def run_eval(checkpoint: str, data: DataConfig, split: str | None, progress: bool = True, rerank: str | None = None,
