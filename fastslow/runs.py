@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import time
 
-from fastslow import storage
 import numpy as np
 import torch
 
+from fastslow import storage
 from fastslow.config import DataConfig, DistillRunConfig, FastRunConfig, SlowRunConfig, dump_config
 from fastslow.data.decode import DecodeConfig
 from fastslow.data.loaded import LoadedSplit, load_split
@@ -109,19 +109,12 @@ def run_train_slow(cfg: SlowRunConfig, progress: bool = True) -> dict:
     return _finish_run(cfg, model, history, summary, started)
 
 
-def load_slow(checkpoint: str) -> SlowModel:
-    """A Slow checkpoint, refusing any other model type with a clear error."""
+def load_model(checkpoint: str, expected: type):
+    """A checkpoint's model, refusing any other model type than `expected` with a clear error."""
     model, _ = load_checkpoint(checkpoint)
-    if not isinstance(model, SlowModel):
-        raise FastslowError(f"{checkpoint}: expected a Slow checkpoint, found a {type(model).__name__}")
-    return model
-
-
-def load_fast(checkpoint: str) -> FastModel:
-    """A Fast checkpoint, refusing any other model type with a clear error."""
-    model, _ = load_checkpoint(checkpoint)
-    if not isinstance(model, FastModel):
-        raise FastslowError(f"{checkpoint}: expected a Fast checkpoint, found a {type(model).__name__}")
+    if not isinstance(model, expected):
+        name = expected.__name__.removesuffix("Model")
+        raise FastslowError(f"{checkpoint}: expected a {name} checkpoint, found a {type(model).__name__}")
     return model
 
 
@@ -133,7 +126,7 @@ def run_distill(cfg: DistillRunConfig, progress: bool = True) -> dict:
     if cfg.train.neighbours < 1:
         raise FastslowError(f"train.neighbours={cfg.train.neighbours}: distillation needs neighbour batches "
                             "(>= 1), or no batch holds a caption's teacher-scored candidates")
-    teacher = load_slow(cfg.teacher)
+    teacher = load_model(cfg.teacher, SlowModel)
     train = _load_train(cfg, cfg.model.vision.image_size, progress)
     student = FastModel(cfg.model)
     batches = FastBatches(student, train, cfg.train, progress)
@@ -177,13 +170,13 @@ def rerank_embedded(emb: FastRetrieval, fast_ranks: np.ndarray, slow: SlowModel,
 def run_eval(checkpoint: str, data: DataConfig, split: str | None, progress: bool = True, rerank: str | None = None,
              k: int = 20, fast_weight: float = 0.0) -> dict:
     """Evaluate a saved Fast checkpoint on one split; with `rerank` (a Slow checkpoint), Fast top k then Slow."""
-    model = load_fast(checkpoint)
+    model = load_model(checkpoint, FastModel)
     loaded = load_data_split(data, split, model.config.vision.image_size, progress)
     if rerank is None:
         return result_summary(evaluate_fast(model, loaded, progress=progress), split)
     if k < 1:
         raise FastslowError(f"--k {k}: the number of candidates to re-rank must be at least 1")
-    slow = load_slow(rerank)
+    slow = load_model(rerank, SlowModel)
     slow_pixels = None
     if slow.config.vision.image_size != model.config.vision.image_size:
         slow_pixels = load_data_split(data, split, slow.config.vision.image_size, progress).pixels

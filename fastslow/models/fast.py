@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastslow.models.config import FastConfig
-from fastslow.models.text import build_text_tower
+from fastslow.models.text import build_text_tower, masked_mean
 from fastslow.models.vision import build_vision_tower
 
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -41,11 +41,7 @@ def pool_frames(feats: torch.Tensor, how: str, frame_mask: torch.Tensor | None =
 
 def masked_mean_max(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """(B, N, D) to (B, 2D): mean and max over the N positions where mask (B, N) is true (all if None)."""
-    if mask is None:
-        return torch.cat([x.mean(dim=1), x.amax(dim=1)], dim=-1)
-    m = mask.to(device=x.device, dtype=torch.bool).unsqueeze(-1)
-    mean = (x * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
-    return torch.cat([mean, x.masked_fill(~m, float("-inf")).amax(dim=1)], dim=-1)
+    return torch.cat([pool_frames(x, "mean", mask), pool_frames(x, "max", mask)], dim=-1)
 
 
 class TokenPool(nn.Module):
@@ -72,7 +68,7 @@ class AttentionTextPool(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         real = tokens.abs().sum(dim=-1) > 0
-        mean = (tokens * real.unsqueeze(-1)).sum(dim=1) / real.sum(dim=1, keepdim=True).clamp(min=1)
+        mean = masked_mean(tokens, real)
         read = self.attn(self.query.expand(len(tokens), -1, -1), tokens, tokens, key_padding_mask=~real)[0][:, 0]
         return mean + read
 
