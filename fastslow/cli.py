@@ -78,10 +78,9 @@ def _cmd_train(args) -> dict:
     from fastslow import runs
     from fastslow.config import DistillRunConfig, FastRunConfig, SlowRunConfig, load_config
 
-    config_cls, run = {"fast": (FastRunConfig, runs.run_train_fast), "slow": (SlowRunConfig, runs.run_train_slow),
-                       "distill": (DistillRunConfig, runs.run_distill)}[args.model]
+    config_cls = {"fast": FastRunConfig, "slow": SlowRunConfig, "distill": DistillRunConfig}[args.model]
     overrides = _data_overrides(args) + ([f"out={json.dumps(args.out)}"] if args.out else []) + args.overrides
-    return run(load_config(config_cls, args.config, overrides), progress=not args.no_progress)
+    return runs.run_training(args.model, load_config(config_cls, args.config, overrides), progress=not args.no_progress)
 
 
 def _cmd_eval(args) -> dict:

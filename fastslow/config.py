@@ -8,8 +8,9 @@ from typing import TypeVar
 import yaml
 
 from fastslow import storage
-from fastslow.errors import FastslowError
 from fastslow.distill import DistillConfig
+from fastslow.errors import FastslowError
+from fastslow.index.shards import IndexSpec
 from fastslow.models.config import FastConfig, dataclass_from_dict, dataclass_to_dict
 from fastslow.models.slow import SlowConfig
 from fastslow.slow_training import SlowTrainConfig
@@ -33,6 +34,28 @@ class DataConfig:
 
 
 @dataclass
+class JobConfig:
+    """How a training run is placed on a Ray cluster (`python -m jobs.<name>`); `fastslow train` ignores it."""
+
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    run_name: str = ""  # default: the basename of `out`; a resubmitted run with the same name resumes
+    storage: str = ""  # Ray Train's storage path (local or s3://); default: <out>/ray_train
+    checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 = at the end of every epoch
+    max_failures: int = 3  # worker failures survived (each restarts from the last checkpoint)
+    log_every: int = 10  # print a progress line every this many steps
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise FastslowError(f"job.num_workers: must be at least 1, got {self.num_workers}")
+        if self.cpus_per_worker <= 0:
+            raise FastslowError(f"job.cpus_per_worker: must be positive, got {self.cpus_per_worker}")
+        if self.checkpoint_every < 0 or self.log_every < 1:
+            raise FastslowError("job.checkpoint_every must be >= 0 and job.log_every >= 1")
+
+
+@dataclass
 class FastRunConfig:
     """Everything one Fast training run needs."""
 
@@ -40,6 +63,7 @@ class FastRunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: FastTrainConfig = field(default_factory=FastTrainConfig)
     out: str = "runs/fast"
+    job: JobConfig = field(default_factory=JobConfig)
 
 
 @dataclass
@@ -50,6 +74,7 @@ class SlowRunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: SlowTrainConfig = field(default_factory=SlowTrainConfig)
     out: str = "runs/slow"
+    job: JobConfig = field(default_factory=JobConfig)
 
 
 @dataclass
@@ -69,6 +94,34 @@ class DistillRunConfig:
     train: DistillTrainConfig = field(default_factory=DistillTrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     out: str = "runs/fast_distilled"
+    job: JobConfig = field(default_factory=JobConfig)
+
+
+@dataclass
+class EmbedJobConfig:
+    """How indexing places its work: embedding actors, their mini-batch, GPUs per actor."""
+
+    concurrency: int = 1  # Fast-embedding actors in the pool
+    batch_size: int = 64  # images (or videos) per forward pass inside an actor
+    num_gpus: float = 0.0  # per actor; > 0 on GPU clusters
+    partition_size: int = 256  # items per partition: the unit that is written, and rerun after a failure
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.batch_size < 1 or self.partition_size < 1 or self.num_gpus < 0:
+            raise FastslowError("embed: concurrency, batch_size and partition_size must be >= 1, num_gpus >= 0")
+
+
+@dataclass
+class IndexRunConfig:
+    """One index build (`python -m jobs.build_index`): what to embed with which model, and how to index it."""
+
+    checkpoint: str = ""  # the Fast checkpoint that embeds the items (local or s3://)
+    data: DataConfig = field(default_factory=lambda: DataConfig(train_split=None, val_split=None, test_split=None))
+    split: str | None = None  # None: every item of the dataset
+    index: IndexSpec = field(default_factory=IndexSpec)
+    root: str = "runs/index"  # holds versions/, builds/ and the CURRENT pointer (local or s3://)
+    version: str = ""  # default: derived from the model, the items and these settings
+    embed: EmbedJobConfig = field(default_factory=EmbedJobConfig)
 
 
 def apply_override(tree: dict, override: str) -> None:

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-from fastslow.losses import distributed_world, gather_with_grad, infonce_loss
+from fastslow.losses import gather_with_grad, infonce_loss, local_share
 from fastslow.training import Batch, embed_batch
 
 
@@ -70,13 +69,8 @@ def precompute_teacher(teacher, features: torch.Tensor, texts: list[str], captio
 
 def _gather_items(items: np.ndarray) -> np.ndarray:
     """Every process's batch item indices, in rank order (no gradient needed)."""
-    _, world = distributed_world()
-    local = torch.as_tensor(items, dtype=torch.long)
-    if world == 1:
-        return local.numpy()
-    out = [torch.empty_like(local) for _ in range(world)]
-    dist.all_gather(out, local)
-    return torch.cat(out).numpy()
+    all_items, _ = gather_with_grad(torch.as_tensor(items, dtype=torch.long).unsqueeze(1))
+    return all_items.squeeze(1).numpy()
 
 
 def batch_targets(table: TeacherTable, batch: Batch, all_items: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,9 +98,10 @@ class DistillationLoss:
         v, t = embed_batch(model, batch.visual, batch.text)
         scale = model.scale()
         contrastive = infonce_loss(v, t, scale)
-        student = scale * t @ gather_with_grad(v).T
+        all_v, _ = gather_with_grad(v)
+        student = scale * t @ all_v.T
         teacher, mask = batch_targets(self.table, batch, _gather_items(batch.items))
-        soft = soft_target_loss(student, teacher, self.cfg.temperature, mask)
+        soft = soft_target_loss(student, teacher, self.cfg.temperature, mask) * local_share(len(v), len(all_v))
         loss = contrastive + self.cfg.weight * soft
         return loss, {"loss": loss.item(), "contrastive": contrastive.item(), "distill": soft.item(),
-                      "candidates": float(mask.sum(1).float().mean())}
+                      "candidates": float(mask.sum(1).float().mean()), "temperature": model.temperature}

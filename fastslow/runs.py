@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from fastslow import storage
-from fastslow.config import DataConfig, DistillRunConfig, FastRunConfig, SlowRunConfig, dump_config
+from fastslow.config import DataConfig, dump_config
 from fastslow.data.decode import DecodeConfig
 from fastslow.data.loaded import LoadedSplit, load_split
 from fastslow.data.registry import open_dataset
@@ -17,12 +18,14 @@ from fastslow.errors import FastslowError
 from fastslow.distill import DistillationLoss, precompute_teacher
 from fastslow.eval import RetrievalResult, chance_metrics, metrics_from_ranks, ranks_of_true
 from fastslow.log import get_logger
+from fastslow.loop import fit
 from fastslow.models.checkpoint import load_checkpoint, save_checkpoint
 from fastslow.models.fast import FastModel
 from fastslow.models.slow import SlowModel
 from fastslow.rerank import fast_topk, fuse_scores, reranked_ranks
-from fastslow.slow_training import evaluate_slow, make_slow_model, slow_features, slow_score_matrix, train_slow
-from fastslow.training import FastBatches, FastRetrieval, embed_split, evaluate_fast, train_fast
+from fastslow.slow_training import (SlowBatches, evaluate_slow, make_slow_model, slow_features, slow_loss,
+                                    slow_score_matrix)
+from fastslow.training import FastBatches, FastRetrieval, embed_split, evaluate_fast, fast_loss
 
 log = get_logger(__name__)
 
@@ -79,34 +82,78 @@ def _finish_run(cfg, model, history: list[dict], summary: dict, started: float) 
     return summary
 
 
-def _validate_fast(cfg, model, summary: dict, progress: bool) -> None:
-    if cfg.data.val_split:
-        val = load_data_split(cfg.data, cfg.data.val_split, cfg.model.vision.image_size, progress)
-        summary["val"] = result_summary(evaluate_fast(model, val), cfg.data.val_split)
+@dataclass
+class Training:
+    """A model ready to train: the model, its batch source and its loss."""
+
+    model: torch.nn.Module
+    batches: object
+    loss_fn: object
+    name: str
+
+    def fit(self, cfg, progress: bool = True, **loop) -> list[dict]:
+        """Run the optimisation (`loop`: resume / steps_per_epoch / on_step, see fastslow.loop.fit)."""
+        return fit(self.model, self.batches, cfg, self.loss_fn, progress, desc=f"training {self.name}", **loop)
 
 
-def run_train_fast(cfg: FastRunConfig, progress: bool = True) -> dict:
-    """Train Fast on the training split, evaluate on the validation split, save the checkpoint to `cfg.out`."""
-    started = time.time()
-    train = _load_train(cfg, cfg.model.vision.image_size, progress)
+def distill_teacher(cfg) -> SlowModel:
+    """The Slow teacher of a distillation config, after checking the settings distillation needs."""
+    if not cfg.teacher:
+        raise FastslowError("teacher is not set: pass teacher=PATH, the Slow checkpoint to distil")
+    if cfg.train.neighbours < 1:
+        raise FastslowError(f"train.neighbours={cfg.train.neighbours}: distillation needs neighbour batches "
+                            "(>= 1), or no batch holds a caption's teacher-scored candidates")
+    return load_model(cfg.teacher, SlowModel)
+
+
+def prepare_training(kind: str, cfg, split: LoadedSplit, progress: bool = True, teacher: SlowModel | None = None,
+                     teacher_pixels: np.ndarray | None = None) -> Training:
+    """Model, batches and loss of a `fast`, `slow` or `distill` run on `split`: what both the one-process
+    run and each Ray Train worker (on its shard) train. The Slow vocabulary comes from `split` unless the
+    config names one (workers must share it). `teacher_pixels`: the split at the teacher's image size."""
+    if kind == "fast":
+        model = FastModel(cfg.model)
+        return Training(model, FastBatches(model, split, cfg.train, progress), fast_loss, "fast")
+    if kind == "slow":
+        model = make_slow_model(cfg.model, split.caption_pairs()[0])
+        return Training(model, SlowBatches(model, split, cfg.train, progress), slow_loss, "slow")
+    if kind != "distill":
+        raise FastslowError(f"unknown training kind {kind!r} (expected fast, slow or distill)")
+    teacher = teacher or distill_teacher(cfg)
+    if teacher_pixels is None and teacher.config.vision.image_size != cfg.model.vision.image_size:
+        raise FastslowError(f"teacher {cfg.teacher}: its image size {teacher.config.vision.image_size} differs from "
+                            f"the student's {cfg.model.vision.image_size}; train them at the same size")
     model = FastModel(cfg.model)
-    history = train_fast(model, train, cfg.train, progress=progress)
-    summary = {"train_items": len(train.ids)}
-    _validate_fast(cfg, model, summary, progress)
-    return _finish_run(cfg, model, history, summary, started)
+    batches = FastBatches(model, split, cfg.train, progress)
+    features = slow_features(teacher, split.pixels if teacher_pixels is None else teacher_pixels, progress=progress)
+    table = precompute_teacher(teacher, features, batches.texts, batches.caption_item, batches.neighbour_table,
+                               progress=progress)
+    return Training(model, batches, DistillationLoss(table, cfg.distill), "fast (distilled)")
 
 
-def run_train_slow(cfg: SlowRunConfig, progress: bool = True) -> dict:
-    """Train the Slow captioner, rank the validation split with it (gallery capped), save the checkpoint."""
+def run_training(kind: str, cfg, progress: bool = True) -> dict:
+    """`fastslow train KIND`: train in this process, evaluate on the validation split, save the checkpoint to `cfg.out`."""
     started = time.time()
+    teacher = distill_teacher(cfg) if kind == "distill" else None  # a wrong teacher fails before the data is read
     train = _load_train(cfg, cfg.model.vision.image_size, progress)
-    model = make_slow_model(cfg.model, train.caption_pairs()[0])
-    history = train_slow(model, train, cfg.train, progress=progress)
-    summary = {"train_items": len(train.ids)}
-    if cfg.data.val_split:
-        val = load_data_split(cfg.data, cfg.data.val_split, cfg.model.vision.image_size, progress)
-        summary["val"] = result_summary(evaluate_slow(model, val, progress=progress), cfg.data.val_split)
-    return _finish_run(cfg, model, history, summary, started)
+    teacher_pixels = None
+    if teacher is not None and teacher.config.vision.image_size != cfg.model.vision.image_size:
+        teacher_pixels = load_data_split(cfg.data, cfg.data.train_split, teacher.config.vision.image_size,
+                                         progress).pixels
+    run = prepare_training(kind, cfg, train, progress, teacher, teacher_pixels)
+    history = run.fit(cfg.train, progress)
+    summary = {"train_items": len(train.ids), **({"teacher": cfg.teacher} if kind == "distill" else {})}
+    summary.update(validate(kind, cfg, run.model, progress))
+    return _finish_run(cfg, run.model, history, summary, started)
+
+
+def validate(kind: str, cfg, model, progress: bool = True) -> dict:
+    """{"val": metrics} of a trained model on the validation split ({} without one); Slow ranks a capped gallery."""
+    if not cfg.data.val_split:
+        return {}
+    val = load_data_split(cfg.data, cfg.data.val_split, cfg.model.vision.image_size, progress)
+    result = evaluate_slow(model, val, progress=progress) if kind == "slow" else evaluate_fast(model, val)
+    return {"val": result_summary(result, cfg.data.val_split)}
 
 
 def load_model(checkpoint: str, expected: type):
@@ -116,32 +163,6 @@ def load_model(checkpoint: str, expected: type):
         name = expected.__name__.removesuffix("Model")
         raise FastslowError(f"{checkpoint}: expected a {name} checkpoint, found a {type(model).__name__}")
     return model
-
-
-def run_distill(cfg: DistillRunConfig, progress: bool = True) -> dict:
-    """Train a Fast student with the Slow teacher's soft targets; evaluate on validation; save the checkpoint."""
-    started = time.time()
-    if not cfg.teacher:
-        raise FastslowError("teacher is not set: pass teacher=PATH, the Slow checkpoint to distil")
-    if cfg.train.neighbours < 1:
-        raise FastslowError(f"train.neighbours={cfg.train.neighbours}: distillation needs neighbour batches "
-                            "(>= 1), or no batch holds a caption's teacher-scored candidates")
-    teacher = load_model(cfg.teacher, SlowModel)
-    train = _load_train(cfg, cfg.model.vision.image_size, progress)
-    student = FastModel(cfg.model)
-    batches = FastBatches(student, train, cfg.train, progress)
-    teacher_pixels = train.pixels
-    if teacher.config.vision.image_size != cfg.model.vision.image_size:
-        teacher_size = teacher.config.vision.image_size
-        teacher_pixels = load_data_split(cfg.data, cfg.data.train_split, teacher_size, progress).pixels
-    features = slow_features(teacher, teacher_pixels, progress=progress)
-    table = precompute_teacher(teacher, features, batches.texts, batches.caption_item, batches.neighbour_table,
-                               progress=progress)
-    history = train_fast(student, train, cfg.train, progress=progress, loss_fn=DistillationLoss(table, cfg.distill),
-                         batches=batches)
-    summary = {"train_items": len(train.ids), "teacher": cfg.teacher}
-    _validate_fast(cfg, student, summary, progress)
-    return _finish_run(cfg, student, history, summary, started)
 
 
 def evaluate_reranked(fast: FastModel, slow: SlowModel, split: LoadedSplit, k: int, fast_weight: float = 0.0,

@@ -17,8 +17,9 @@ from fastslow.data.loaded import LoadedSplit
 from fastslow.errors import FastslowError
 from fastslow.eval import RetrievalResult, metrics_from_ranks, ranks_of_true
 from fastslow.log import get_logger
+from fastslow.loop import fit
 from fastslow.models.slow import SlowConfig, SlowModel, build_output_vocab
-from fastslow.training import warmup_cosine
+from fastslow.training import Batch
 
 log = get_logger(__name__)
 
@@ -56,56 +57,55 @@ def slow_features(model: SlowModel, pixels: np.ndarray, batch_size: int = 64, pr
     return torch.cat(out)
 
 
+class SlowBatches:
+    """Slow training batches: each epoch every item once, with one of its captions drawn at random."""
+
+    def __init__(self, model: SlowModel, split: LoadedSplit, cfg: SlowTrainConfig, progress: bool = True,
+                 features: torch.Tensor | None = None):
+        if len(split.ids) == 0:
+            raise FastslowError("train_slow: the training split has no items")
+        self.split, self.cfg = split, cfg
+        self.texts, caption_item = split.caption_pairs()
+        self.first_caption = np.searchsorted(caption_item, np.arange(len(split.ids)))
+        self.num_captions = np.bincount(caption_item, minlength=len(split.ids))
+        self.features = None
+        if not model.config.vision.trainable:
+            self.features = features if features is not None else slow_features(
+                model, split.pixels, cfg.encode_batch_size, progress)
+
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.split.ids) // self.cfg.batch_size)
+
+    def epoch(self, rng: np.random.Generator):
+        order = rng.permutation(len(self.split.ids))
+        b = self.cfg.batch_size
+        for step in range(self.steps_per_epoch()):
+            items = order[step * b : (step + 1) * b]
+            captions = self.first_caption[items] + rng.integers(0, self.num_captions[items])
+            visual = self.features[torch.from_numpy(items)] if self.features is not None else \
+                torch.from_numpy(self.split.pixels[items])
+            texts = [self.texts[i] for i in captions]
+            yield Batch(items=items, captions=captions, visual=visual, text=texts, texts=texts)
+
+
+def slow_loss(model: SlowModel, batch: Batch) -> tuple[torch.Tensor, dict]:
+    """The captioning loss of one batch (visual: cached tower features, or uint8 pixels for a trainable tower)."""
+    feats = model.visual_features(batch.visual) if batch.visual.dtype == torch.uint8 else batch.visual
+    loss = model.loss(model.visual_tokens(feats), batch.texts)
+    return loss, {"loss": loss.item()}
+
+
 def train_slow(model: SlowModel, split: LoadedSplit, cfg: SlowTrainConfig, progress: bool = True,
-               features: torch.Tensor | None = None) -> list[dict]:
-    """Train the captioner: each epoch every item once with one random caption. Returns the per-step history."""
-    if len(split.ids) == 0:
-        raise FastslowError("train_slow: the training split has no items")
+               features: torch.Tensor | None = None, batches: SlowBatches | None = None, **loop) -> list[dict]:
+    """Train the captioner: each epoch every item once with one random caption. Returns the per-step history.
+
+    `loop` passes resume / steps_per_epoch / on_step through to `fastslow.loop.fit`.
+    """
     if model.config.output_vocab is None and model.tokenizer.vocab_size > 1000:
         log.warning("slow: no output_vocab, predicting over all %d tokenizer ids (slow); see make_slow_model",
                     model.tokenizer.vocab_size)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    texts, caption_item = split.caption_pairs()
-    first_caption = np.searchsorted(caption_item, np.arange(len(split.ids)))
-    num_captions = np.bincount(caption_item, minlength=len(split.ids))
-    trainable_tower = model.config.vision.trainable
-    if features is None and not trainable_tower:
-        features = slow_features(model, split.pixels, cfg.encode_batch_size, progress)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, len(split.ids) // cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, cfg.warmup_steps))
-    model.train()
-    history, step = [], 0
-    bar = tqdm(total=total, desc="training slow", disable=not progress)
-    for epoch in range(cfg.epochs):
-        order = rng.permutation(len(split.ids))
-        for start in range(0, steps_per_epoch * cfg.batch_size, cfg.batch_size):
-            t0 = time.perf_counter()
-            items = order[start : start + cfg.batch_size]
-            captions = first_caption[items] + rng.integers(0, num_captions[items])
-            if trainable_tower:
-                feats = model.visual_features(torch.from_numpy(split.pixels[items]))
-            else:
-                feats = features[torch.from_numpy(items)]
-            loss = model.loss(model.visual_tokens(feats), [texts[i] for i in captions])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            record = {"step": step, "epoch": epoch, "loss": loss.item(),
-                      "samples_per_s": len(items) / (time.perf_counter() - t0)}
-            history.append(record)
-            bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.3f}")
-    bar.close()
-    model.eval()
-    return history
+    batches = batches or SlowBatches(model, split, cfg, progress, features)
+    return fit(model, batches, cfg, slow_loss, progress, desc="training slow", **loop)
 
 
 MAX_CACHED_ITEMS = 2048  # distinct items whose keys/values are held at once while scoring
@@ -137,24 +137,66 @@ def slow_score_matrix(model: SlowModel, features: torch.Tensor, texts: list[str]
         block = cand[r0 : r0 + rows]
         items, local = torch.unique(block, return_inverse=True)
         kv = _items_kv(model, features, items, batch_pairs)
+        block_texts = texts[r0 : r0 + len(block)]
         # Rows with the same candidates (Slow over a gallery) score as a grid: keys/values shared, not gathered.
-        grid = bool((block == block[:1]).all())
-        for rs, cs in _chunks(block.shape[0], k, batch_pairs, whole_rows=not grid):
-            row_texts = [texts[r0 + i] for i in range(rs.start, rs.stop)]
-            if grid:
-                scores = model.grid_scores(kv, _as_slice(local[0, cs]), row_texts)
-            else:
-                text_of_pair = torch.arange(len(row_texts), device=model.device).repeat_interleave(k)
-                scores = model.pair_scores(kv, local[rs].flatten().to(model.device), row_texts, text_of_pair)
-            out[r0 + rs.start : r0 + rs.stop, cs] = scores.reshape(len(row_texts), -1).cpu().numpy()
-            bar.update(scores.numel())
+        if bool((block == block[:1]).all()):
+            for rs, cs in _chunks(block.shape[0], k, batch_pairs):
+                scores = model.grid_scores(kv, _as_slice(local[0, cs]), block_texts[rs])
+                out[r0 + rs.start : r0 + rs.stop, cs] = scores.cpu().numpy()
+                bar.update(scores.numel())
+        else:
+            out[r0 : r0 + len(block)] = _grouped_block(model, kv, local, block_texts, batch_pairs, bar)
     bar.close()
     return out
 
 
-def _chunks(rows: int, k: int, batch_pairs: int, whole_rows: bool):
-    """(row slice, column slice) chunks of about batch_pairs pairs: whole rows, or (unless whole_rows) row parts."""
-    if k >= batch_pairs and not whole_rows:
+MAX_GROUP = 16  # texts sharing one item's keys/values in a pass
+
+
+def _grouped_block(model: SlowModel, kv: list[tuple], local: torch.Tensor, texts: list[str], batch_pairs: int,
+                   bar) -> np.ndarray:
+    """Scores (R, K) of texts[r] against item local[r, k] of `kv`, pairs grouped by item.
+
+    The queries that share a candidate (many, when many queries are re-ranked at once) score in
+    groups of up to MAX_GROUP against one copy of its keys/values; a group short of the size is
+    padded with a repeat of its first query, scored and dropped. A lone query's candidates are
+    groups of one: plain pairs.
+    """
+    r, k = local.shape
+    flat = local.flatten()
+    group = max(1, min(MAX_GROUP, len(flat) // int(torch.unique(flat).numel())))
+    order = torch.argsort(flat, stable=True)
+    item_sorted = flat[order]
+    counts = torch.bincount(item_sorted)
+    run_start = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(len(flat)) - run_start[item_sorted]  # place of each pair in its item's run
+    groups_per_item = (counts + group - 1) // group
+    group_id = (torch.cumsum(groups_per_item, 0) - groups_per_item)[item_sorted] + pos // group
+    slot = group_id * group + pos % group
+    num_groups = int(groups_per_item.sum())
+    group_items = torch.zeros(num_groups, dtype=torch.long)
+    group_items[group_id] = item_sorted
+    text_of_slot = torch.full((num_groups * group,), -1, dtype=torch.long)
+    text_of_slot[slot] = order // k
+    padding = text_of_slot < 0
+    text_of_slot[padding] = text_of_slot[(torch.arange(len(text_of_slot)) // group * group)[padding]]
+    scores = torch.empty(num_groups * group, dtype=torch.float64)
+    states = model.text_states(texts)  # once per text: a query's candidates fall in many passes
+    per_pass = max(1, batch_pairs // group)
+    for g0 in range(0, num_groups, per_pass):
+        rows = slice(g0 * group, min(num_groups, g0 + per_pass) * group)
+        chunk = model.grouped_scores(kv, group_items[g0 : g0 + per_pass].to(model.device), states,
+                                     text_of_slot[rows].to(model.device), group)
+        scores[rows] = chunk.cpu()
+        bar.update(int((~padding[rows]).sum()))
+    out = torch.empty(len(flat), dtype=torch.float64)
+    out[order] = scores[slot]
+    return out.view(r, k).numpy()
+
+
+def _chunks(rows: int, k: int, batch_pairs: int):
+    """(row slice, column slice) chunks of about batch_pairs pairs: whole rows, or parts of one row."""
+    if k >= batch_pairs:
         for r in range(rows):
             for c in range(0, k, batch_pairs):
                 yield slice(r, r + 1), slice(c, min(k, c + batch_pairs))

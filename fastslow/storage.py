@@ -280,3 +280,24 @@ def download_file(uri: str, local_path: str) -> None:
     bucket, key = split_s3(uri)
     with _s3_errors(uri):
         s3_client().download_file(bucket, key, local_path)
+
+
+def arrow_filesystem(uri: str):
+    """(pyarrow filesystem or None, path) for libraries that take one (Ray Train's storage, Ray Data).
+
+    Local: (None, absolute path). S3: an S3FileSystem on the same endpoint and credential chain as boto3
+    here, and `bucket/key` (pyarrow wants no scheme when given a filesystem).
+    """
+    if not is_s3(uri):
+        return None, os.path.abspath(uri)
+    from urllib.parse import urlparse
+
+    from pyarrow import fs
+
+    bucket, key = split_s3(uri)
+    kwargs = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
+    endpoint = _s3_endpoint()
+    if endpoint:
+        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
+    return fs.S3FileSystem(**kwargs), f"{bucket}/{key}".rstrip("/")

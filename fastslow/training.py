@@ -8,7 +8,6 @@ only runs the trainable parts.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from tqdm.auto import tqdm
 from fastslow.data.loaded import LoadedSplit
 from fastslow.eval import RetrievalResult, evaluate_embeddings
 from fastslow.log import get_logger
+from fastslow.loop import fit
 from fastslow.losses import infonce_loss
 
 log = get_logger(__name__)
@@ -142,55 +142,18 @@ def fast_loss(model, batch: Batch) -> tuple[torch.Tensor, dict]:
     """The Fast model's contrastive loss on one batch (gathered across processes when distributed)."""
     v, t = embed_batch(model, batch.visual, batch.text)
     loss = infonce_loss(v, t, model.scale())
-    return loss, {"loss": loss.item()}
-
-
-def warmup_cosine(step: int, total: int, warmup: int) -> float:
-    """Learning-rate multiplier: linear warm-up, then cosine decay to zero."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return loss, {"loss": loss.item(), "temperature": model.temperature}
 
 
 def train_fast(model, train: LoadedSplit, cfg: FastTrainConfig, progress: bool = True, loss_fn=fast_loss,
-               batches: FastBatches | None = None) -> list[dict]:
-    """Train the Fast model in this process; returns the per-step history (loss, temperature, samples/s).
+               batches: FastBatches | None = None, **loop) -> list[dict]:
+    """Train the Fast model; returns the per-step history (loss, temperature, samples/s).
 
-    `loss_fn(model, batch) -> (loss, metrics)`; the distillation loss plugs in here.
+    `loss_fn(model, batch) -> (loss, metrics)`; the distillation loss plugs in here. `loop` passes
+    resume / steps_per_epoch / on_step through to `fastslow.loop.fit` (the Ray Train job uses them).
     """
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     batches = batches or FastBatches(model, train, cfg, progress)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = cfg.epochs * batches.steps_per_epoch()
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, cfg.warmup_steps))
-    model.train()
-    history, step = [], 0
-    bar = tqdm(total=total, desc="training fast", disable=not progress)
-    for epoch in range(cfg.epochs):
-        for batch in batches.epoch(rng):
-            t0 = time.perf_counter()
-            loss, metrics = loss_fn(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            record = {
-                "step": step,
-                "epoch": epoch,
-                **metrics,
-                "temperature": model.temperature,
-                "samples_per_s": len(batch.items) / (time.perf_counter() - t0),
-            }
-            history.append(record)
-            bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", temp=f"{record['temperature']:.3f}")
-    bar.close()
-    model.eval()
-    return history
+    return fit(model, batches, cfg, loss_fn, progress, desc="training fast", **loop)
 
 
 @dataclass

@@ -58,3 +58,68 @@ def s3_bucket(moto_endpoint):
     name = f"test-{uuid.uuid4().hex[:12]}"
     storage.s3_client().create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """A local Ray cluster started the way users start one (`ray start --head` on 127.0.0.1); yields its
+    dashboard URL for `ray job submit --address`. Stopped at the end of the session."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from fastslow.env import apply_local_safety_env
+
+    apply_local_safety_env()
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    dashboard_port = _free_port()
+    # Ray's socket paths must stay short: a temp dir directly under /tmp.
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
+                    "--num-cpus=2", "--object-store-memory=400000000", "--include-dashboard=true",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}",
+                    "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
+    try:
+        yield f"http://127.0.0.1:{dashboard_port}"
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def submit_job(ray_head):
+    """`submit_job(job_id, module, *args, runtime_env=JSON)` runs `ray job submit --no-wait` of `python -m module`;
+    returns the job SDK client to wait on it. Every job is stopped at the end of the test."""
+    import subprocess
+    import sys
+
+    from ray.job_submission import JobSubmissionClient
+
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    client = JobSubmissionClient(ray_head)
+    submitted = []
+
+    def submit(job_id: str, module: str, *args: str, runtime_env: str | None = None) -> JobSubmissionClient:
+        extra = ["--runtime-env-json", runtime_env] if runtime_env else []
+        subprocess.run([ray, "job", "submit", "--address", ray_head, "--working-dir", REPO, "--submission-id",
+                        job_id, *extra, "--no-wait", "--", sys.executable, "-m", module, *args],
+                       check=True, capture_output=True, timeout=120)
+        submitted.append(job_id)
+        return client
+
+    yield submit
+    for job_id in submitted:
+        try:
+            client.stop_job(job_id)
+        except Exception:  # noqa: BLE001 - already finished or gone
+            pass

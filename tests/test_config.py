@@ -33,3 +33,22 @@ def test_bad_override_and_bad_yaml(tmp_path):
         load_config(FastRunConfig, str(bad))
     with pytest.raises(FastslowError, match="no such file"):
         load_config(FastRunConfig, str(tmp_path / "missing.yaml"))
+
+
+def test_every_example_config_loads():
+    """The configs in configs/ are what users copy: each must load into its run config (no unknown keys)."""
+    import glob
+    import os
+
+    from fastslow.config import DistillRunConfig, IndexRunConfig, SlowRunConfig
+
+    kinds = {"fast": FastRunConfig, "slow": SlowRunConfig, "distill": DistillRunConfig, "index": IndexRunConfig}
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    paths = sorted(glob.glob(os.path.join(root, "*.yaml")))
+    assert len(paths) >= 8
+    for path in paths:
+        kind = os.path.basename(path).split("_")[0]
+        cfg = load_config(kinds[kind], path)
+        assert cfg.data.path, path
+        if kind != "index":
+            assert cfg.job.num_workers >= 1

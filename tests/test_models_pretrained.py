@@ -73,3 +73,33 @@ def test_minilm_paraphrases_closer_than_unrelated():
     assert para > unrelated + 0.3, (para, unrelated)
     long = tower.tokenize(["word " * 100])
     assert long["input_ids"].shape == (1, 32)
+
+
+def test_minilm_cut_to_its_first_layers(tmp_path):
+    full = build_text_tower(TextTowerConfig(kind="minilm"))
+    one = build_text_tower(TextTowerConfig(kind="minilm", layers=1, trainable=True))
+    assert len(full.model.encoder.layer) == 6 and len(one.model.encoder.layer) == 1
+    assert one.trainable and all(p.requires_grad for p in one.parameters())
+    # The kept layer is the pretrained first layer: same embeddings and first block as the full tower.
+    torch.testing.assert_close(one.model.encoder.layer[0].state_dict(), full.model.encoder.layer[0].state_dict())
+    enc = one.tokenize(["a red circle left of a blue square"])
+    assert one(**enc).tokens.shape[-1] == 384
+    with pytest.raises(FastslowError, match="more than the 6 layers"):
+        build_text_tower(TextTowerConfig(kind="minilm", layers=7))
+    with pytest.raises(FastslowError, match="text.layers"):
+        TextTowerConfig(kind="minilm", layers=-1)
+
+
+def test_a_fast_model_with_a_cut_text_tower_round_trips_its_checkpoint(tmp_path):
+    from fastslow.models import FastConfig, FastModel, load_checkpoint, save_checkpoint
+
+    cfg = FastConfig(vision=VisionTowerConfig(kind="tiny_cnn", image_size=32, trainable=True),
+                     text=TextTowerConfig(kind="minilm", layers=1, trainable=True), embed_dim=16, head_hidden=0)
+    model = FastModel(cfg).eval()
+    with torch.no_grad():  # a fine-tuned layer differs from the package's: the checkpoint must carry it
+        model.text_tower.model.encoder.layer[0].output.dense.weight.add_(0.01)
+        before = model.encode_text(["two blue squares"])
+    save_checkpoint(model, str(tmp_path / "ckpt"))
+    loaded, _ = load_checkpoint(str(tmp_path / "ckpt"))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_text(["two blue squares"]), before)

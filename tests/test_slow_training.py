@@ -48,9 +48,11 @@ def test_score_matrix_equals_pair_by_pair_scores(batch_pairs):
     features = slow_features(model, images.numpy(), batch_size=4)
     gallery = torch.arange(6).expand(len(TEXTS), -1)
     shortlist = torch.tensor([[5, 0, 2], [1, 1, 3], [4, 2, 0], [0, 5, 3], [2, 4, 1]])
+    # Many queries sharing few candidates: scored in groups per item (10 here), some groups padded.
+    crowded = torch.randint(0, 6, (5, 12), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         tokens = model.visual_tokens(features)
-        for cand in (gallery, shortlist):
+        for cand in (gallery, shortlist, crowded):
             got = slow_score_matrix(model, features, TEXTS, cand, batch_pairs=batch_pairs)
             assert got.dtype == np.float64 and got.shape == tuple(cand.shape)
             expected = np.array([[model.score(tokens[j : j + 1], [TEXTS[q]]).item() for j in row.tolist()]

@@ -1,6 +1,7 @@
-"""Dataset readers (Karpathy, VATEX, webdataset, manifests), media decoding and in-memory splits."""
+"""Dataset readers (Karpathy, VATEX, webdataset, manifests, bare folders), media decoding and in-memory splits."""
 
 from fastslow.data.decode import DecodeConfig, decode_image, decode_sample, decode_video, media_from_extension
+from fastslow.data.folder import FolderReader
 from fastslow.data.karpathy import KarpathyReader
 from fastslow.data.loaded import LoadedSplit, load_split
 from fastslow.data.manifest import ManifestReader
@@ -13,6 +14,7 @@ __all__ = [
     "FORMATS",
     "DatasetReader",
     "DecodeConfig",
+    "FolderReader",
     "KarpathyReader",
     "LoadedSplit",
     "ManifestReader",

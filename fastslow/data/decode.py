@@ -147,3 +147,25 @@ def decode_sample(sample: Sample, cfg: DecodeConfig) -> np.ndarray:
     if sample.media == "video":
         return decode_video(data, cfg.num_frames, cfg.image_size)
     raise DecodeError(f"unknown media type {sample.media!r}")
+
+
+def media_info(data: bytes, media: str) -> dict:
+    """What an index keeps about an item beside its vector: width and height (images), or width, height
+    and duration in seconds (videos), read from the headers; {} when they cannot be read (decoding
+    reports the problem)."""
+    try:
+        if media == "image":
+            from PIL import Image
+
+            with Image.open(io.BytesIO(data)) as img:
+                return {"width": int(img.width), "height": int(img.height)}
+        import av
+
+        with av.open(io.BytesIO(data), mode="r") as container:
+            stream = container.streams.video[0]
+            duration = container.duration / 1e6 if container.duration else (
+                float(stream.duration * stream.time_base) if stream.duration else None)
+            return {"width": int(stream.codec_context.width), "height": int(stream.codec_context.height),
+                    "duration": duration}
+    except Exception:  # noqa: BLE001 - a probe: decoding gives the real error
+        return {}

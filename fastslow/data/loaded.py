@@ -63,6 +63,29 @@ def _decoded_in_order(samples: Iterator[Sample], cfg: DecodeConfig, workers: int
             yield head, fut.result()
 
 
+class MediaFilter:
+    """Iterates the samples of one media type: `media`, or (None) the first sample's, refusing a mix.
+
+    With `media` given, items of the other type are reported ("not an image" / "not a video").
+    `.media` is the type chosen once iteration has started.
+    """
+
+    def __init__(self, samples: Iterator[Sample], media: Media | None, report: ReadReport, name: str):
+        self.samples, self.media, self.report, self.name = samples, media, report, name
+        self.chosen = media is not None
+
+    def __iter__(self) -> Iterator[Sample]:
+        for s in self.samples:
+            if self.media is None:
+                self.media = s.media
+            if s.media != self.media:
+                if not self.chosen:
+                    raise FastslowError(f"{self.name}: mixes images and videos; choose one with media='image' or 'video'")
+                self.report.skip(s.id, s.uri, "not an image" if self.media == "image" else "not a video")
+                continue
+            yield s
+
+
 def load_split(
     reader: DatasetReader,
     split: str | None,
@@ -89,23 +112,10 @@ def load_split(
     arrays: list[np.ndarray] = []
     captions: list[list[str]] = []
 
-    chosen = media is not None
-
-    def wanted() -> Iterator[Sample]:
-        nonlocal media
-        for s in reader.samples(split, report):
-            if media is None:
-                media = s.media
-            if s.media != media:
-                if not chosen:
-                    raise FastslowError(f"{name}: mixes images and videos; choose one with media='image' or 'video'")
-                report.skip(s.id, s.uri, "not an image" if media == "image" else "not a video")
-                continue
-            yield s
-
     bar = tqdm(desc=f"decode {name}", unit="item", file=sys.stderr, disable=not progress, leave=False)
     try:
-        for sample, result in _decoded_in_order(wanted(), cfg, workers):
+        chosen = MediaFilter(reader.samples(split, report), media, report, name)
+        for sample, result in _decoded_in_order(chosen, cfg, workers):
             bar.update(1)
             if isinstance(result, DecodeError):
                 report.skip(sample.id, sample.uri, str(result))
@@ -119,11 +129,12 @@ def load_split(
         bar.close()
     if not report.balanced:
         raise RuntimeError(f"read report does not balance: {report.summary()}")
-    media = media or "image"
-    pixels = np.stack(arrays) if arrays else np.zeros(_empty_shape(media, cfg), dtype=np.uint8)
+    media = chosen.media or "image"
+    pixels = np.stack(arrays) if arrays else np.zeros(empty_shape(media, cfg), dtype=np.uint8)
     return LoadedSplit(media=media, ids=ids, uris=uris, pixels=pixels, captions=captions, report=report)
 
 
-def _empty_shape(media: Media, cfg: DecodeConfig) -> tuple[int, ...]:
+def empty_shape(media: Media, cfg: DecodeConfig) -> tuple[int, ...]:
+    """Shape of zero decoded items of `media` (drop the leading 0 for one item's shape)."""
     s = cfg.image_size
     return (0, s, s, 3) if media == "image" else (0, cfg.num_frames, s, s, 3)

@@ -11,7 +11,7 @@ from fastslow import storage
 from fastslow.data.types import ReadReport, Sample
 from fastslow.errors import FastslowError
 
-FORMATS = ("karpathy", "vatex", "webdataset", "manifest")
+FORMATS = ("karpathy", "vatex", "webdataset", "manifest", "folder")
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".parquet")
 
 
@@ -108,6 +108,15 @@ def _only(found: list[str], what: str, path: str) -> str:
     return found[0]
 
 
+def _holds_media(path: str, top_level: list[str]) -> bool:
+    """Whether a folder holds image or video files (at its top level, else anywhere below)."""
+    from fastslow.data.decode import media_from_extension
+
+    if any(media_from_extension(f) for f in top_level):
+        return True
+    return any(media_from_extension(f) for f in storage.list_files(path))
+
+
 def _open_dir(path: str, fmt: str, media_root: str | None) -> DatasetReader:
     from fastslow.data.manifest import ManifestReader
     from fastslow.data.webdataset import WebDatasetReader
@@ -126,13 +135,17 @@ def _open_dir(path: str, fmt: str, media_root: str | None) -> DatasetReader:
         return WebDatasetReader(tars)
     if fmt == "manifest" and manifests:
         return ManifestReader(_only(manifests, "manifest", path), media_root)
+    if fmt == "folder" or (fmt == "auto" and _holds_media(path, files)):
+        from fastslow.data.folder import FolderReader
+
+        return FolderReader(path)
     wanted = {
-        "auto": "dataset_*.json, vatex_*.json or *.tar",
+        "auto": "dataset_*.json, vatex_*.json, *.tar or image/video",
         "karpathy": "dataset_*.json",
         "vatex": "vatex_*.json",
         "webdataset": "*.tar",
         "manifest": "*.csv, *.jsonl or *.parquet",
-    }[fmt]
+    }[fmt]  # auto: a folder holding only a manifest must name it (--format manifest or the file)
     raise FastslowError(f"{path}: folder holds no {wanted} files")
 
 
@@ -155,7 +168,8 @@ def open_dataset(path: str, format: str = "auto", media_root: str | None = None)
     auto: a Karpathy or VATEX `.json` by content; a folder with `dataset_*.json` (Karpathy, images in
     `media_root`, else `<folder>/images` if present, else the folder), with `vatex_*.json` (VATEX, one
     split per file, videos in `media_root`, else `<folder>/videos`, else the folder) or with `*.tar`
-    (webdataset); a `.tar` shard; a `.csv`/`.jsonl`/`.parquet` manifest.
+    (webdataset); else a bare folder of images and videos (`folder`: ids are relative paths, captions
+    from sidecar `.txt` files); a `.tar` shard; a `.csv`/`.jsonl`/`.parquet` manifest.
     """
     from fastslow.data.manifest import ManifestReader
     from fastslow.data.webdataset import WebDatasetReader

@@ -59,10 +59,15 @@ class TextTowerConfig:
     width: int = 64  # tiny_transformer only
     depth: int = 2
     heads: int = 2
+    # minilm/hf: keep only the first N encoder layers (0 = all). A query pays the text tower at serving
+    # time, so a shallower tower is what keeps Fast's share of a Fast+Slow query small.
+    layers: int = 0
 
     def __post_init__(self) -> None:
         _check_choice("text.kind", self.kind, TEXT_KINDS)
         _check_positive("text", max_length=self.max_length, width=self.width, depth=self.depth, heads=self.heads)
+        if self.layers < 0:
+            raise FastslowError(f"text.layers: must be 0 (all) or positive, got {self.layers}")
         if self.kind == "hf" and not self.name_or_path:
             raise FastslowError("text.name_or_path: required when text.kind is 'hf'")
         if self.kind == "tiny_transformer" and self.width % self.heads:

@@ -171,6 +171,13 @@ def _channel_last(f: torch.Tensor, start: int, shape: tuple[int, int, int]) -> t
 
 
 @dataclass
+class TextStates:
+    """Per reading direction, (decoder state after the first self-attention, its cross-attention query, targets)."""
+
+    per_direction: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+@dataclass
 class MapLayout:
     """Where the (pooled) tower maps sit in a flat per-image feature vector."""
 
@@ -342,9 +349,14 @@ class SlowModel(nn.Module):
         return self.embed_drop(x)
 
     def token_log_probs(self, hidden: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
-        """Log-probability (B, L) float64 of each target token, 0 at padding; float64 keeps near-ties apart."""
-        logits = self.head(self.out_norm(hidden)).double()
-        lp = logits.log_softmax(dim=-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+        """Log-probability (B, L) float64 of each target token, 0 at padding.
+
+        The target's logit minus the log-sum-exp, without a (B, L, vocab) log-softmax: the subtraction
+        (and the caller's sum) in float64 keeps near-ties apart at a fraction of a float64 softmax's cost.
+        """
+        logits = self.head(self.out_norm(hidden))
+        target = logits.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).double()
+        lp = target - torch.logsumexp(logits, dim=-1).double()
         return lp.masked_fill(tgt == PAD, 0.0)
 
     def decode(self, inp: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]], direction: str) -> torch.Tensor:
@@ -376,38 +388,45 @@ class SlowModel(nn.Module):
     def pair_scores(self, kv: list[tuple[torch.Tensor, torch.Tensor]], item_index: torch.Tensor | slice,
                     texts: list[str], text_index: torch.Tensor) -> torch.Tensor:
         """Scores (P,) float64 of pairs (texts[text_index[p]], item item_index[p]), from per-item keys/values `kv`."""
-        return self._scores([(k[item_index], v[item_index]) for k, v in kv], texts, text_index)
+        return self.grouped_scores(kv, item_index, texts, text_index, group=1)
 
     def grid_scores(self, kv: list[tuple[torch.Tensor, torch.Tensor]], items: torch.Tensor | slice,
                     texts: list[str]) -> torch.Tensor:
         """Scores (len(texts), n) float64 of every text against every item `items` of `kv` (a slice copies nothing)."""
-        item_kv = [(k[items], v[items]) for k, v in kv]
-        return self._scores(item_kv, texts, None).view(len(item_kv[0][0]), len(texts)).T
+        n, r = len(kv[0][0][items]), len(texts)
+        text_index = torch.arange(r, device=self.device).repeat(n)
+        return self.grouped_scores(kv, items, texts, text_index, group=r).view(n, r).T
 
-    def _scores(self, item_kv: list[tuple[torch.Tensor, torch.Tensor]], texts: list[str],
-                text_index: torch.Tensor | None) -> torch.Tensor:
-        """Pair scores; text_index None: every item with every text, item-major, sharing keys/values.
+    def grouped_scores(self, kv: list[tuple[torch.Tensor, torch.Tensor]], group_items: torch.Tensor | slice,
+                       texts: list[str] | TextStates, text_index: torch.Tensor, group: int) -> torch.Tensor:
+        """Scores (G * group,) float64: row j * group + m is text text_index[j * group + m] against item
+        group_items[j] of `kv`.
 
-        The first layer's self-attention and cross-attention query see only the text, so they run
-        once per distinct text; only the rest runs per pair.
+        The `group` texts of an item attend to its keys/values as one long query sequence (they never
+        interact), so keys/values are gathered once per group, not once per pair. `texts` may be the
+        `text_states` of the texts, computed once when many calls share them.
         """
-        first, n, r = self.layers[0], len(item_kv[0][0]), len(texts)
-        group = 1 if text_index is not None else r
-        seqs, total = self.tokenizer(texts), None
-        for direction in self.config.direction_list:
-            inp, tgt = self._inputs(seqs, direction)
-            x = first.self_block(self.embed_text(inp, direction))
-            q = first.cross_query(x)
-            if text_index is not None:
-                x, q, tgt = x[text_index], q[text_index], tgt[text_index]
-            else:
-                x, q, tgt = (t.unsqueeze(0).expand(n, *t.shape).flatten(0, 1) for t in (x, q, tgt))
+        states = texts if isinstance(texts, TextStates) else self.text_states(texts)
+        item_kv = [(k[group_items], v[group_items]) for k, v in kv]
+        first, total = self.layers[0], None
+        for x, q, tgt in states.per_direction:
+            x, q, tgt = x[text_index], q[text_index], tgt[text_index]
             x = first.cross_ff_block(x, q, *item_kv[0], group)
             for layer, (k, v) in zip(self.layers[1:], item_kv[1:]):
                 x = layer(x, k, v, group)
             ll = self.token_log_probs(x, tgt).sum(dim=1)
             total = ll if total is None else total + ll
-        return total / len(self.config.direction_list)
+        return total / len(states.per_direction)
+
+    def text_states(self, texts: list[str]) -> TextStates:
+        """The text-only part of the first decoder layer (self-attention, cross-attention query) per direction:
+        it does not depend on the item, so it runs once per text, not once per pair."""
+        seqs, first, out = self.tokenizer(texts), self.layers[0], []
+        for direction in self.config.direction_list:
+            inp, tgt = self._inputs(seqs, direction)
+            x = first.self_block(self.embed_text(inp, direction))
+            out.append((x, first.cross_query(x), tgt))
+        return TextStates(out)
 
     def loss(self, tokens: torch.Tensor, texts: list[str]) -> torch.Tensor:
         """Mean per-token negative log-likelihood over the configured directions (the captioning objective)."""

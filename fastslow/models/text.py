@@ -116,6 +116,8 @@ class HFTextTower(TextTower):
         else:
             model = load_hf_model(AutoModel, name_or_path, "text tower")
             model = getattr(model, "text_model", model)
+        if cfg.layers:
+            _keep_first_layers(model, cfg.layers, name_or_path)
         self.model = model
         self._check_tokenizer(name_or_path)
         self.vocab_size = len(self.tokenizer)
@@ -153,6 +155,19 @@ class HFTextTower(TextTower):
 
     def encode_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def _keep_first_layers(model: nn.Module, n: int, name_or_path: str) -> None:
+    """Cut a transformers encoder (BERT-like `encoder.layer` or CLIP's `encoder.layers`) to its first n layers."""
+    encoder = getattr(model, "encoder", None)
+    attr = next((a for a in ("layer", "layers") if isinstance(getattr(encoder, a, None), nn.ModuleList)), None)
+    if attr is None:
+        raise FastslowError(f"text tower {name_or_path!r}: text.layers is set but the model has no encoder layer list")
+    blocks = getattr(encoder, attr)
+    if n > len(blocks):
+        raise FastslowError(f"text.layers: {n} is more than the {len(blocks)} layers of {name_or_path!r}")
+    setattr(encoder, attr, nn.ModuleList(list(blocks)[:n]))
+    model.config.num_hidden_layers = n
 
 
 def _first_id(*ids: int | None) -> int | None:

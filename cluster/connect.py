@@ -1,0 +1,50 @@
+"""Joining the Ray cluster a job runs on, or starting a local one: the one place entry points call `ray.init`.
+
+Address: `--address`, else RAY_ADDRESS (set by `ray job submit` for the job's driver), else a
+local Ray started for this process. The loopback/offline settings are applied first (a local
+Ray's workers inherit them; a cluster's workers have those its nodes were started with), and
+the S3 endpoint and offline settings of this process are passed to every worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from fastslow.env import apply_local_safety_env
+from fastslow.log import get_logger
+
+log = get_logger(__name__)
+
+LOCAL_OBJECT_STORE_BYTES = 500_000_000  # a local Ray on a small machine: keep the object store small
+
+
+WORKER_ENV_KEYS = ("AWS_ENDPOINT_URL", "FASTSLOW_S3_ENDPOINT", "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE",
+                   "TRANSFORMERS_OFFLINE")
+
+
+def worker_env() -> dict[str, str]:
+    """Settings of this process every Ray worker gets, except those a submitted job's runtime env already sets
+    (Ray refuses a driver runtime env that repeats one)."""
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}") or "{}")
+    taken = set(((job.get("runtime_env") or {}).get("env_vars") or {}))
+    return {k: os.environ[k] for k in WORKER_ENV_KEYS if k in os.environ and k not in taken}
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> str:
+    """ray.init on the cluster at `address` (or RAY_ADDRESS), else a local Ray; returns which it was."""
+    apply_local_safety_env()
+    import ray
+
+    if ray.is_initialized():
+        return "already connected"
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    runtime_env = {"env_vars": worker_env()}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        log.info("joined the Ray cluster at %s", address)
+        return address
+    ray.init(num_cpus=num_cpus or os.cpu_count(), object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+             include_dashboard=False, runtime_env=runtime_env)
+    log.info("started a local Ray (%s CPUs)", num_cpus or os.cpu_count())
+    return "local"

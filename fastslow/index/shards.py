@@ -1,0 +1,140 @@
+"""A FAISS index split into S shards: built from (id, vector) rows, searched per call, merged.
+
+An item's shard is a hash of its id, so the same items give the same shards whatever order
+they arrive in (a resumed build equals an uninterrupted one). Every shard holds its rows in
+id order; `rows[s][j]` names the item at position j of shard s. Index types that need
+training (IVF, PQ) are trained once, on a sample of all vectors, and every shard starts from
+that trained, empty index, so the shards agree on their coarse quantizer.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastslow.errors import FastslowError
+
+METRICS = ("ip", "l2")
+
+
+@dataclass
+class IndexSpec:
+    """How to index: FAISS factory string, metric, number of shards, training sample size."""
+
+    factory: str = "Flat"
+    metric: str = "ip"  # ip: inner product of unit vectors (cosine); l2: squared distance
+    shards: int = 1
+    train_sample: int = 100_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise FastslowError(f"index.metric: unknown value {self.metric!r} (expected one of {', '.join(METRICS)})")
+        if self.shards < 1:
+            raise FastslowError(f"index.shards: must be at least 1, got {self.shards}")
+        if self.train_sample < 1:
+            raise FastslowError(f"index.train_sample: must be positive, got {self.train_sample}")
+
+
+def shard_of(item_id: str, shards: int) -> int:
+    """The shard an id belongs to (stable across runs and machines)."""
+    return zlib.crc32(item_id.encode("utf-8")) % shards
+
+
+def _faiss_metric(metric: str):
+    import faiss
+
+    return faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+
+
+def empty_index(spec: IndexSpec, dim: int, train_vectors: np.ndarray):
+    """An empty index of `spec.factory`, trained on `train_vectors` when the type needs training."""
+    import faiss
+
+    try:
+        index = faiss.index_factory(dim, spec.factory, _faiss_metric(spec.metric))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else "invalid"
+        raise FastslowError(f"index.factory {spec.factory!r}: FAISS cannot build it ({first})") from None
+    if not index.is_trained:
+        rng = np.random.default_rng(spec.seed)
+        take = min(len(train_vectors), spec.train_sample)
+        sample = train_vectors[np.sort(rng.choice(len(train_vectors), take, replace=False))]
+        try:
+            index.train(np.ascontiguousarray(sample, dtype=np.float32))
+        except RuntimeError as e:
+            lines = str(e).strip().splitlines()
+            raise FastslowError(f"index.factory {spec.factory!r}: training on {take} vectors failed "
+                                f"({lines[-1] if lines else e})") from None
+    return index
+
+
+def build_shards(ids: list[str], vectors: np.ndarray, spec: IndexSpec) -> tuple[list, list[np.ndarray]]:
+    """(one FAISS index per shard, the global row numbers each shard holds, in its order).
+
+    Rows are positions in `ids`; within a shard they are ordered by id.
+    """
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or len(vectors) != len(ids):
+        raise FastslowError(f"build_shards: {len(ids)} ids but vectors of shape {vectors.shape}")
+    if len(set(ids)) != len(ids):
+        raise FastslowError("build_shards: ids are not unique")
+    trained = empty_index(spec, vectors.shape[1], vectors)
+    assignment = np.array([shard_of(i, spec.shards) for i in ids], dtype=np.int64)
+    order = np.argsort(np.array(ids, dtype=object), kind="stable")
+    indexes, rows = [], []
+    for s in range(spec.shards):
+        members = order[assignment[order] == s]
+        index = faiss.clone_index(trained)
+        if len(members):
+            index.add(vectors[members])
+        indexes.append(index)
+        rows.append(members.astype(np.int64))
+    return indexes, rows
+
+
+def search_params(index, nprobe: int | None = None, ef_search: int | None = None):
+    """Per-call FAISS search parameters for this index type (None when nothing applies).
+
+    Passed to `index.search(..., params=...)`: a shared index is never mutated per query.
+    """
+    import faiss
+
+    inner = faiss.downcast_index(index)
+    if nprobe is not None and isinstance(inner, faiss.IndexIVF):
+        return faiss.SearchParametersIVF(nprobe=nprobe)
+    if ef_search is not None and isinstance(inner, faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(efSearch=ef_search)
+    return None
+
+
+def search_shard(index, rows: np.ndarray, queries: np.ndarray, k: int, params=None) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, global rows), both (Q, k'), of one shard; k' = min(k, shard size); -1 rows where FAISS found fewer."""
+    k = min(k, index.ntotal)
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    if k == 0:
+        return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+    scores, positions = index.search(q, k, params=params)
+    found = positions >= 0
+    return scores, np.where(found, rows[np.clip(positions, 0, None)], -1)
+
+
+def merge_results(parts: list[tuple[np.ndarray, np.ndarray]], k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """The best k of several shards' (scores, rows): highest inner product or lowest L2, ties by row."""
+    scores = np.concatenate([p[0] for p in parts], axis=1)
+    rows = np.concatenate([p[1] for p in parts], axis=1)
+    key = -scores if metric == "ip" else scores.copy()
+    key[rows < 0] = np.inf  # missing results last
+    order = np.lexsort((rows, key), axis=1)[:, :k]
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
+
+
+def search_all(indexes: list, rows: list[np.ndarray], queries: np.ndarray, k: int, metric: str,
+               nprobe: int | None = None, ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Search every shard (with per-call parameters) and merge: (scores, global rows), (Q, k)."""
+    parts = [search_shard(ix, r, queries, k, search_params(ix, nprobe, ef_search)) for ix, r in zip(indexes, rows)]
+    return merge_results(parts, k, metric)

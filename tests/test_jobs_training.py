@@ -1,0 +1,166 @@
+"""Training as Ray jobs, the way users run them: `ray start --head`, then `ray job submit` of each job.
+
+Checks what the jobs leave behind (the checkpoint, loadable; the per-step history; the summary
+with validation metrics), locally and on S3, that a killed worker is replaced and training
+resumes from the last checkpoint, and that a stopped job resubmitted under the same run name resumes.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from fastslow import storage
+from fastslow.models.checkpoint import load_checkpoint
+from fastslow.models.fast import FastModel
+from fastslow.models.slow import SlowModel
+
+TINY_FAST = ["model.vision.kind=tiny_cnn", "model.vision.image_size=32", "model.vision.trainable=true",
+             "model.text.kind=tiny_transformer", "model.text.trainable=true", "model.embed_dim=32",
+             "model.head_hidden=0"]
+TINY_SLOW = ["model.vision.kind=tiny_cnn", "model.vision.image_size=32", "model.vision.trainable=true",
+             "model.text.kind=tiny_transformer", "model.dim=32", "model.heads=2", "model.ffn=64"]
+# Two workers share the two CPUs of a small machine.
+TWO_WORKERS = ["job.num_workers=2", "job.cpus_per_worker=0.5"]
+
+
+@pytest.fixture(scope="module")
+def tiny_images(tmp_path_factory):
+    out = tmp_path_factory.mktemp("jobs_synth")
+    subprocess.run([sys.executable, "-m", "fastslow", "synth", "--out", str(out), "--size", "tiny", "--seed", "5",
+                    "--no-progress"], check=True, capture_output=True, timeout=300)
+    return str(out / "images")
+
+
+def _job_id(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def wait_for(client, job_id: str, timeout: float = 400, until_log: str | None = None) -> tuple[str, str]:
+    """Poll a job until it ends (or, with `until_log`, until that text is in its logs); (status, logs)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = str(client.get_job_status(job_id)).rpartition(".")[2]
+        logs = client.get_job_logs(job_id)
+        if until_log is not None and until_log in logs:
+            return status, logs
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return status, logs
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s:\n{client.get_job_logs(job_id)[-3000:]}")
+
+
+def _summary(out) -> dict:
+    with open(os.path.join(out, "summary.json")) as f:
+        return json.load(f)
+
+
+def test_fast_job_on_two_workers_writes_a_loadable_checkpoint(tiny_images, tmp_path, submit_job):
+    out, job = str(tmp_path / "fast"), _job_id("fast")
+    client = submit_job(job, "jobs.train_fast", "--data", tiny_images, "--out", out, *TINY_FAST, *TWO_WORKERS,
+                        "train.epochs=3", "train.batch_size=8", "job.log_every=1")
+    status, logs = wait_for(client, job)
+    assert status == "SUCCEEDED", logs[-4000:]
+    model, manifest = load_checkpoint(os.path.join(out, "checkpoint"))
+    assert isinstance(model, FastModel)
+    trained = manifest["extra"]["train_summary"]
+    # 40 training items, 20 per worker, batches of 8: 2 steps per epoch.
+    assert trained["workers"] == 2 and trained["step"] == trained["total_steps"] == 6 and trained["resumed_from"] == []
+    with open(os.path.join(out, "history.json")) as f:
+        history = json.load(f)
+    assert [h["step"] for h in history] == list(range(1, 7))
+    assert all(h["loss"] > 0 and h["samples_per_s"] > 0 and 0 < h["temperature"] < 1 for h in history)
+    assert "step 1/6" in logs and "step 6/6" in logs and f"final checkpoint: {out}/checkpoint" in logs
+    summary = _summary(out)
+    assert summary["train_items"] == 40 and summary["val"]["gallery"] == 10 and summary["val"]["queries"] == 50
+    assert os.path.isdir(summary["ray_checkpoint"])  # Ray Train's own copy, under <out>/ray_train
+
+
+def test_slow_then_distill_jobs_with_everything_on_s3(tiny_images, tmp_path, submit_job, s3_bucket, moto_endpoint):
+    """Checkpoints, Ray Train's storage and the run folders on S3 (a moto server on 127.0.0.1); the endpoint
+    reaches the job through its runtime env, as it would for MinIO."""
+    env = json.dumps({"env_vars": {"AWS_ENDPOINT_URL": moto_endpoint}})
+    slow_out, student_out = f"{s3_bucket}/runs/slow", f"{s3_bucket}/runs/student"
+    job = _job_id("slow")
+    client = submit_job(job, "jobs.train_slow", "--data", tiny_images, "--out", slow_out, *TINY_SLOW, *TWO_WORKERS,
+                        "train.epochs=2", "train.batch_size=8", runtime_env=env)
+    status, logs = wait_for(client, job)
+    assert status == "SUCCEEDED", logs[-4000:]
+    slow, manifest = load_checkpoint(f"{slow_out}/checkpoint")
+    assert isinstance(slow, SlowModel) and manifest["extra"]["train_summary"]["total_steps"] == 4
+    summary = json.loads(storage.read_text(f"{slow_out}/summary.json"))
+    assert summary["val"]["gallery"] == 10 and summary["ray_checkpoint"].startswith(f"{slow_out}/ray_train/")
+    assert storage.list_files(f"{slow_out}/ray_train", suffixes="model.safetensors")  # Ray Train's copies
+
+    job = _job_id("distill")
+    client = submit_job(job, "jobs.distill", "--data", tiny_images, "--out", student_out, *TINY_FAST, *TWO_WORKERS,
+                        f"teacher={slow_out}/checkpoint", "train.neighbours=1", "train.epochs=2", "train.batch_size=8",
+                        runtime_env=env)
+    status, logs = wait_for(client, job)
+    assert status == "SUCCEEDED", logs[-4000:]
+    student, _ = load_checkpoint(f"{student_out}/checkpoint")
+    assert isinstance(student, FastModel)
+    history = json.loads(storage.read_text(f"{student_out}/history.json"))
+    assert history and all("distill" in h and h["candidates"] >= 1 for h in history)
+    assert not os.path.exists(os.path.join(tmp_path, "runs"))
+
+
+def test_distill_job_with_a_missing_teacher_fails_in_one_line(tiny_images, tmp_path, submit_job):
+    job = _job_id("bad-teacher")
+    client = submit_job(job, "jobs.distill", "--data", tiny_images, "--out", str(tmp_path / "s"), *TINY_FAST,
+                        f"teacher={tmp_path}/nowhere")
+    status, logs = wait_for(client, job, timeout=120)
+    assert status == "FAILED" and "error:" in logs and "Traceback" not in logs, logs[-2000:]
+
+
+def _train_worker_pids(address: str) -> list[int]:
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    return [a.pid for a in actors]
+
+
+# 2 steps per epoch: 80 steps, a checkpoint every 5.
+LONG_RUN = [*TINY_FAST, *TWO_WORKERS, "train.epochs=40", "train.batch_size=8", "job.checkpoint_every=5",
+            "job.log_every=1"]
+
+
+def test_killed_worker_is_replaced_and_a_resubmitted_run_resumes(tiny_images, tmp_path, submit_job, ray_head):
+    """One run, two interruptions: a worker process killed (Ray Train replaces it), then the job stopped and
+    submitted again under the same run name. Each time training restarts from the last checkpoint."""
+    out = str(tmp_path / "interrupted")
+    args = ["--data", tiny_images, "--out", out, *LONG_RUN, "job.run_name=resumable"]
+    first = _job_id("first")
+    client = submit_job(first, "jobs.train_fast", *args)
+    status, logs = wait_for(client, first, until_log="step 12/")
+    assert status == "RUNNING", logs[-3000:]
+    pids = _train_worker_pids(ray_head)
+    assert len(pids) == 2
+    os.kill(pids[1], signal.SIGKILL)
+    status, logs = wait_for(client, first, until_log="resumed from step")
+    assert status == "RUNNING", logs[-3000:]
+    status, logs = wait_for(client, first, until_log="step 45/")
+    assert status == "RUNNING", logs[-3000:]
+    client.stop_job(first)
+    assert wait_for(client, first, timeout=120)[0] == "STOPPED"
+
+    second = _job_id("second")
+    submit_job(second, "jobs.train_fast", *args)
+    status, logs = wait_for(client, second)
+    assert status == "SUCCEEDED", logs[-4000:]
+    trained = load_checkpoint(os.path.join(out, "checkpoint"))[1]["extra"]["train_summary"]
+    assert trained["step"] == trained["total_steps"] == 80
+    # Restarted twice, each time from a checkpoint (every 5 steps) taken before the interruption.
+    after_kill, after_stop = trained["resumed_from"]
+    assert 10 <= after_kill < 45 and after_kill % 5 == 0, trained
+    # "step 45/" is printed just before step 45's checkpoint is reported: the stop may come first.
+    assert after_kill < after_stop < 80 and after_stop >= 40 and after_stop % 5 == 0, trained
+    assert f"resumed from step {after_stop}/80" in logs and "step 1/80" not in logs
+    with open(os.path.join(out, "history.json")) as f:
+        steps = [h["step"] for h in json.load(f)]
+    assert steps == list(range(1, 81))  # the history across both restarts: every step once
