@@ -157,9 +157,10 @@ def test_killed_worker_is_replaced_and_a_resubmitted_run_resumes(tiny_images, tm
     assert trained["step"] == trained["total_steps"] == 80
     # Restarted twice, each time from a checkpoint (every 5 steps) taken before the interruption.
     after_kill, after_stop = trained["resumed_from"]
-    assert 10 <= after_kill < 45 and after_kill % 5 == 0, trained
-    # "step 45/" is printed just before step 45's checkpoint is reported: the stop may come first.
-    assert after_kill < after_stop < 80 and after_stop >= 40 and after_stop % 5 == 0, trained
+    # Ray Train registers a reported checkpoint a little later (its controller polls), so the one restored
+    # may be a report or two behind the step printed last; never the start.
+    assert 5 <= after_kill < 45 and after_kill % 5 == 0, trained
+    assert after_kill < after_stop < 80 and after_stop % 5 == 0, trained
     assert f"resumed from step {after_stop}/80" in logs and "step 1/80" not in logs
     with open(os.path.join(out, "history.json")) as f:
         steps = [h["step"] for h in json.load(f)]
