@@ -88,10 +88,17 @@ def test_index_job_indexes_everything_or_reports_it(collection, fast_checkpoint,
     flat, flat_rows = build_shards(ids, vectors, IndexSpec(shards=1))
     model = load_model(fast_checkpoint, FastModel)
     queries = model.encode_text(["a red photo", "a green square", "a grey clip"]).detach().numpy()
-    s_scores, sharded = search_all(loaded.indexes, loaded.rows, queries, 10, "ip")
-    f_scores, single = search_all(flat, flat_rows, queries, 10, "ip")
+    # 11 results, 10 compared: a tie across the cut shows as a tie with the 11th.
+    s_scores, sharded = search_all(loaded.indexes, loaded.rows, queries, 11, "ip")
+    f_scores, single = search_all(flat, flat_rows, queries, 11, "ip")
     np.testing.assert_allclose(s_scores, f_scores, rtol=1e-5, atol=1e-6)
-    assert (sharded == single).mean() >= 0.99
+    # Equal ids wherever the score has no tie in its row (some clips decode to the same frames, and
+    # FAISS orders tied items freely); at ties the scores above already agree.
+    near = lambda a, b: np.isclose(a, b, rtol=0, atol=1e-6)  # noqa: E731
+    tied = np.zeros_like(s_scores, dtype=bool)
+    tied[:, 1:] |= near(s_scores[:, 1:], s_scores[:, :-1])
+    tied[:, :-1] |= near(s_scores[:, :-1], s_scores[:, 1:])
+    assert (sharded == single)[:, :10][~tied[:, :10]].all() and (~tied[:, :10]).sum() >= 10
 
 
 def test_stopped_build_resubmitted_gives_the_same_index(collection, fast_checkpoint, tmp_path, submit_job):
