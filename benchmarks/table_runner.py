@@ -58,7 +58,7 @@ DEFAULT_FAST = FastConfig(vision=VisionTowerConfig(kind="efficientnet_lite0", im
                           vision_pooling="mid_tokens", token_hidden=512, text_pooling="attention", visual_dropout=0.3)
 # The Slow defaults are what the tuning runs found best on the quick data (2 cores); videos need more epochs.
 DEFAULT_SLOW = SlowConfig()
-SLOW_IMAGES = SlowTrainConfig()
+SLOW_IMAGES = SlowTrainConfig(epochs=15)
 SLOW_VIDEOS = SlowTrainConfig(epochs=25)
 TINY_VISION = VisionTowerConfig(kind="tiny_cnn", image_size=32, trainable=True, width=16)
 TINY_TEXT = TextTowerConfig(kind="tiny_transformer", trainable=True, width=32, depth=1, heads=2)

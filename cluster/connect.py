@@ -31,8 +31,13 @@ def worker_env() -> dict[str, str]:
     return {k: os.environ[k] for k in WORKER_ENV_KEYS if k in os.environ and k not in taken}
 
 
-def connect(address: str | None = None, num_cpus: int | None = None) -> str:
-    """ray.init on the cluster at `address` (or RAY_ADDRESS), else a local Ray; returns which it was."""
+def connect(address: str | None = None, num_cpus: int | None = None, dashboard_port: int | None = None,
+            log_to_driver: bool = True) -> str:
+    """ray.init on the cluster at `address` (or RAY_ADDRESS), else a local Ray; returns which it was.
+
+    `dashboard_port`: a local Ray also runs its dashboard there, on 127.0.0.1 (Serve deploys through it).
+    `log_to_driver=False` keeps the workers' logs in their files (Serve replicas log every request).
+    """
     apply_local_safety_env()
     import ray
 
@@ -41,10 +46,22 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     address = address or os.environ.get("RAY_ADDRESS") or None
     runtime_env = {"env_vars": worker_env()}
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=log_to_driver)
         log.info("joined the Ray cluster at %s", address)
         return address
+    dashboard = {"include_dashboard": False}
+    if dashboard_port:
+        dashboard = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port}
     ray.init(num_cpus=num_cpus or os.cpu_count(), object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-             include_dashboard=False, runtime_env=runtime_env)
+             runtime_env=runtime_env, log_to_driver=log_to_driver, **dashboard)
     log.info("started a local Ray (%s CPUs)", num_cpus or os.cpu_count())
     return "local"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a local dashboard or Serve's HTTP proxy)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -20,6 +20,12 @@ LOCAL_SAFETY_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    # Serve's low-overhead mode (user code on the replica's own event loop, gRPC between deployments,
+    # no per-request logs to stderr): p50 of a Fast-only query over HTTP 21 -> 13.5 ms here. Direct
+    # ingress stays off: it would open more listening ports than the one proxy on 127.0.0.1. (A driver that
+    # calls Serve handles from synchronous code needs RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=1 beside it.)
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
 }
 
 

@@ -159,8 +159,9 @@ def run_build(cfg: IndexRunConfig, address: str | None = None) -> dict:
         if not ids:
             raise FastslowError(f"{cfg.data.path}: no item could be indexed (see the errors file)")
         indexes, shard_rows = build_shards(ids, vectors, cfg.index)
+        # num_frames: how videos were sampled, so the re-ranker decodes candidates the same way.
         identity = {"checkpoint": cfg.checkpoint, "weights_sha256": model["weights_sha256"],
-                    "config": model["config"]}
+                    "config": model["config"], "num_frames": cfg.data.num_frames}
         write_version(cfg.root, version, indexes, shard_rows, metadata, cfg.index, identity)
     if not storage.exists(storage.join(cfg.root, "CURRENT")) or current_version(cfg.root) != version:
         publish(cfg.root, version)

@@ -63,12 +63,7 @@ def s3_bucket(moto_endpoint):
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from cluster.connect import free_port  # noqa: E402 - after the environment above is set
 
 
 @pytest.fixture(scope="session")
@@ -83,10 +78,10 @@ def ray_head():
 
     apply_local_safety_env()
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
-    dashboard_port = _free_port()
+    dashboard_port = free_port()
     # Ray's socket paths must stay short: a temp dir directly under /tmp.
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
+    subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
                     "--num-cpus=2", "--object-store-memory=400000000", "--include-dashboard=true",
                     "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}",
                     "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
@@ -96,10 +91,9 @@ def ray_head():
         subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
 
 
-@pytest.fixture
-def submit_job(ray_head):
-    """`submit_job(job_id, module, *args, runtime_env=JSON)` runs `ray job submit --no-wait` of `python -m module`;
-    returns the job SDK client to wait on it. Every job is stopped at the end of the test."""
+def _job_submitter(ray_head):
+    """(submit, stop_all): `submit(job_id, module, *args, runtime_env=JSON)` runs `ray job submit --no-wait` of
+    `python -m module` and returns the job SDK client to wait on it; `stop_all()` stops every job it submitted."""
     import subprocess
     import sys
 
@@ -117,9 +111,27 @@ def submit_job(ray_head):
         submitted.append(job_id)
         return client
 
+    def stop_all() -> None:
+        for job_id in submitted:
+            try:
+                client.stop_job(job_id)
+            except Exception:  # noqa: BLE001 - already finished or gone
+                pass
+
+    return submit, stop_all
+
+
+@pytest.fixture
+def submit_job(ray_head):
+    """`submit_job(job_id, module, *args, runtime_env=JSON)`: see `_job_submitter`. Jobs stop at the end of the test."""
+    submit, stop_all = _job_submitter(ray_head)
     yield submit
-    for job_id in submitted:
-        try:
-            client.stop_job(job_id)
-        except Exception:  # noqa: BLE001 - already finished or gone
-            pass
+    stop_all()
+
+
+@pytest.fixture(scope="module")
+def submit_module_job(ray_head):
+    """`submit_job` for module-scoped fixtures: jobs stop at the end of the module."""
+    submit, stop_all = _job_submitter(ray_head)
+    yield submit
+    stop_all()

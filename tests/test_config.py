@@ -48,7 +48,29 @@ def test_every_example_config_loads():
     assert len(paths) >= 8
     for path in paths:
         kind = os.path.basename(path).split("_")[0]
+        if kind == "serve":
+            _check_serve_config(path)
+            continue
         cfg = load_config(kinds[kind], path)
         assert cfg.data.path, path
         if kind != "index":
             assert cfg.job.num_workers >= 1
+
+
+def _check_serve_config(path: str) -> None:
+    """A Serve config: valid for Serve's own schema, its app's args valid for ServeAppConfig, on loopback."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve_app.config import app_config
+    from serve_app.deploy import load_serve_config
+
+    raw = load_serve_config(path)
+    schema = ServeDeploySchema.model_validate(raw) if hasattr(ServeDeploySchema, "model_validate") \
+        else ServeDeploySchema.parse_obj(raw)
+    assert schema.http_options.host == "127.0.0.1", path
+    (app,) = [a for a in raw["applications"] if a["name"] == "fastslow"]
+    assert app["import_path"] == "serve_app.ingress:build_app"
+    cfg = app_config(app["args"])
+    assert cfg.index_root and cfg.fast_checkpoint and cfg.limits.max_k >= 1
+    names = {d["name"] for d in app["deployments"]}
+    assert {"Ingress", "SlowReranker"} <= names, names

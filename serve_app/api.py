@@ -1,0 +1,48 @@
+"""The HTTP API's request and answer shapes (they are also what /docs shows)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SearchBody(BaseModel):
+    """A search. Limits (query length, k, rerank_k) are the app's `limits`; /healthz lists them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(description="what to look for, in words")
+    k: int = Field(10, description="results to answer with")
+    rerank: bool = Field(True, description="re-rank Fast's top rerank_k with Slow")
+    rerank_k: int = Field(20, description="how many of Fast's best Slow re-scores")
+
+
+class Hit(BaseModel):
+    rank: int
+    id: str
+    uri: str
+    media: str | None
+    caption: str | None
+    fast_score: float
+    slow_score: float | None = Field(description="null when not re-ranked")
+    shard: int
+
+
+class ShardsAnswered(BaseModel):
+    answered: list[int]
+    failed: dict[str, str] = Field(description="shard -> why it is missing from the answer")
+
+
+class SearchAnswer(BaseModel):
+    query: str
+    results: list[Hit]
+    reranked: bool
+    degraded: bool = Field(description="re-ranking was asked for but the answer is in Fast order")
+    degraded_reason: str | None
+    partial: bool = Field(description="some index shards did not answer")
+    shards: ShardsAnswered
+    index_version: str
+    timings_ms: dict[str, float]
+
+
+class ErrorAnswer(BaseModel):
+    detail: str

@@ -1,0 +1,58 @@
+"""Settings of the Serve application: the `args:` of its entry in a Serve config YAML (configs/serve_*.yaml).
+
+Replica counts, autoscaling and queue bounds are Serve's own deployment options and live in the
+YAML's `deployments:` list; defaults are on the deployment classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastslow.errors import FastslowError
+from fastslow.models.config import dataclass_from_dict
+
+
+@dataclass
+class Limits:
+    """What one request may ask for; larger asks get a 422 that says which limit."""
+
+    max_query_chars: int = 512
+    max_k: int = 100
+    max_rerank_k: int = 100
+
+
+@dataclass
+class ServeAppConfig:
+    index_root: str = "runs/index"  # versions/ and CURRENT (local or s3://)
+    index_version: str = ""  # "" = the version CURRENT names when the app starts; change it to swap versions
+    fast_checkpoint: str = ""  # must be the model the index was built with (checked against the manifest)
+    slow_checkpoint: str = ""  # "" = no re-ranker; requests asking for re-ranking are answered degraded
+    shards: int = 0  # 0 = as many as the index version has; otherwise must match it
+    nprobe: int = 0  # IVF indexes: lists searched per query (0 = FAISS's default, 1); more = better recall, slower
+    ef_search: int = 0  # HNSW indexes: search breadth (0 = FAISS's default)
+    fast_weight: float = 0.0  # fusion: final = slow + fast_weight * fast (0 = the Slow order)
+    encoder_in_ingress: bool = True  # encode queries in the ingress: one hop fewer on every request
+    rerank_timeout_s: float = 5.0  # past this the answer is the Fast order, marked degraded
+    retrieve_timeout_s: float = 5.0  # a shard slower than this is left out of the answer, which says so
+    cache_items: int = 20000  # Slow item features kept per re-ranker replica
+    torch_threads: int = 1  # per replica: replicas scale out, not up
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        if not self.index_root:
+            raise FastslowError("serve: index_root is not set (where the index versions and CURRENT live)")
+        if not self.fast_checkpoint:
+            raise FastslowError("serve: fast_checkpoint is not set (the Fast model the index was built with)")
+        if self.nprobe < 0 or self.ef_search < 0:
+            raise FastslowError(f"serve: nprobe and ef_search must be 0 (default) or more, got {self.nprobe}, "
+                                f"{self.ef_search}")
+        if self.shards < 0:
+            raise FastslowError(f"serve: shards must be 0 (all) or more, got {self.shards}")
+        for name in ("rerank_timeout_s", "retrieve_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise FastslowError(f"serve: {name} must be positive, got {getattr(self, name)}")
+
+
+def app_config(args: dict | None) -> ServeAppConfig:
+    """The application's settings from the Serve YAML's `args` (unknown keys refused)."""
+    return dataclass_from_dict(ServeAppConfig, dict(args or {}), where="serve args")

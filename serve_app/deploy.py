@@ -1,0 +1,93 @@
+"""Deploying the app from its Serve config YAML, the way `serve deploy` does (through the dashboard's REST API),
+and waiting until it answers. Used by the tests, the serving benchmark and the command line.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import urllib.error
+import urllib.request
+
+import yaml
+
+from fastslow import storage
+from fastslow.errors import FastslowError
+
+APP_NAME = "fastslow"
+
+
+def load_serve_config(path: str) -> dict:
+    """A Serve config YAML (configs/serve_*.yaml) as a dict."""
+    try:
+        config = yaml.safe_load(storage.read_text(path))
+    except yaml.YAMLError as e:
+        raise FastslowError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(config, dict) or not config.get("applications"):
+        raise FastslowError(f"{path}: not a Serve config (no `applications:` list)")
+    return config
+
+
+def with_settings(config: dict, args: dict | None = None, port: int | None = None,
+                  deployments: dict[str, dict] | None = None, env: dict[str, str] | None = None) -> dict:
+    """A copy of `config` with the app's `args` updated, the HTTP port set, per-deployment options merged in
+    (by deployment name) and environment variables for every replica."""
+    config = copy.deepcopy(config)
+    app = _app(config)
+    app.setdefault("args", {}).update(args or {})
+    if port is not None:
+        config.setdefault("http_options", {})["port"] = int(port)
+    entries = {d["name"]: d for d in app.setdefault("deployments", [])}
+    for name, options in (deployments or {}).items():
+        if name not in entries:
+            entries[name] = {"name": name}
+            app["deployments"].append(entries[name])
+        entries[name].update(options)
+    if env:
+        app.setdefault("runtime_env", {}).setdefault("env_vars", {}).update(env)
+    return config
+
+
+def _app(config: dict) -> dict:
+    for app in config["applications"]:
+        if app.get("name", APP_NAME) == APP_NAME:
+            return app
+    raise FastslowError(f"the Serve config has no application named {APP_NAME!r}")
+
+
+def base_url(config: dict) -> str:
+    http = config.get("http_options") or {}
+    return f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
+
+
+def deploy(config: dict, dashboard: str) -> None:
+    """Send the config to the cluster whose dashboard is at `dashboard` (what `serve deploy` does)."""
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    ServeSubmissionClient(dashboard).deploy_applications(config)
+
+
+def get_json(url: str, timeout: float = 10.0) -> tuple[int, dict]:
+    """(status, JSON body) of a GET; (0, {}) when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        try:
+            return e.code, json.loads(e.read() or b"{}")
+        except ValueError:
+            return e.code, {}
+    except (urllib.error.URLError, OSError, ValueError):
+        return 0, {}
+
+
+def wait_ready(url: str, timeout: float = 300.0, version: str | None = None) -> dict:
+    """Poll `<url>/readyz` until it is 200 (and serves `version`, if given); its body."""
+    deadline, last = time.time() + timeout, {}
+    while time.time() < deadline:
+        status, last = get_json(url + "/readyz")
+        if status == 200 and (version is None or last.get("index_version") == version):
+            return last
+        time.sleep(1.0)
+    raise FastslowError(f"{url}: not ready after {timeout:.0f} s (last /readyz: {last or 'no answer'})")

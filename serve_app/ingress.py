@@ -1,0 +1,205 @@
+"""The HTTP ingress (FastAPI on Serve) and `build_app`, the application the Serve YAML imports.
+
+    POST /search   {"query": ..., "k": 10, "rerank": true, "rerank_k": 20}
+    GET  /healthz  the process answers (and the limits and live index version)
+    GET  /readyz   200 only when every shard and the re-ranker answer
+    GET  /docs     OpenAPI
+
+One request: encode (here, or in the encoder deployment), every shard in parallel, merge, Slow
+re-scores the top rerank_k. The re-ranker failing, timing out or being overloaded degrades the
+answer to the Fast order (`degraded`, `degraded_reason`); a shard failing leaves it out (`partial`).
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the route signatures' types at run time.
+
+import asyncio
+import time
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from fastslow.errors import FastslowError
+from fastslow.index.publish import current_version, read_manifest
+from fastslow.log import get_logger
+from fastslow.models.checkpoint import read_manifest as read_checkpoint
+from fastslow.search import QueryEncoder, apply_rerank, merge_hits, public_hit
+from serve_app.api import ErrorAnswer, SearchAnswer, SearchBody
+from serve_app.config import ServeAppConfig, app_config
+from serve_app.deployments import QueryEncoderDeployment, ShardRetriever, SlowReranker
+
+log = get_logger("fastslow.serve")
+
+app = FastAPI(title="fastslow search", version="1",
+              description="Language search over an image and video collection: Fast retrieves, Slow re-ranks.")
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with one readable line per problem, e.g. `k: Input should be a valid integer`."""
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        problems.append(f"{where}: {err.get('msg', 'invalid')}")
+    return JSONResponse(status_code=422, content={"detail": "; ".join(problems) or "invalid request body"})
+
+
+async def _within(response, timeout_s: float):
+    """Await a deployment response for at most `timeout_s` (cancelling it past that)."""
+    try:
+        return await asyncio.wait_for(_awaited(response), timeout_s)
+    except asyncio.TimeoutError:
+        response.cancel()
+        raise
+
+
+async def _awaited(response):
+    return await response
+
+
+def _reason(e: BaseException, what: str, timeout_s: float) -> str:
+    if isinstance(e, asyncio.TimeoutError):
+        return f"{what} timed out after {timeout_s:g} s"
+    if type(e).__name__ == "BackPressureError":
+        return f"{what} overloaded (its queue is full)"
+    first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    return f"{what} failed: {first[:200]}"
+
+
+@serve.deployment(max_ongoing_requests=64, max_queued_requests=512, ray_actor_options={"num_cpus": 0.25},
+                  user_config={"index_version": ""})
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, cfg: ServeAppConfig, retrievers: list[DeploymentHandle], reranker: DeploymentHandle | None,
+                 encoder: DeploymentHandle | None):
+        self.cfg, self.retrievers, self.reranker, self.encoder = cfg, retrievers, reranker, encoder
+        self.local_encoder = QueryEncoder(cfg.fast_checkpoint, threads=cfg.torch_threads) if encoder is None else None
+        self.version: str | None = None
+
+    async def reconfigure(self, user_config: dict) -> None:
+        """Swap index versions: every shard loads the new one (still answering with the old), then it goes live.
+
+        `index_version: ""` means the version CURRENT names now.
+        """
+        wanted = (user_config or {}).get("index_version") or current_version(self.cfg.index_root)
+        if wanted == self.version:
+            return
+        read_manifest(self.cfg.index_root, wanted)  # refuse an incomplete version before any shard loads it
+        await asyncio.gather(*[h.load.remote(wanted) for h in self.retrievers])
+        log.info("index version %s is live (was %s)", wanted, self.version)
+        self.version = wanted
+
+    def _check(self, body: SearchBody) -> str:
+        lim, query = self.cfg.limits, body.query.strip()
+        if not query:
+            raise HTTPException(422, "query: is empty")
+        if len(body.query) > lim.max_query_chars:
+            raise HTTPException(422, f"query: {len(body.query)} characters, at most {lim.max_query_chars}")
+        if not 1 <= body.k <= lim.max_k:
+            raise HTTPException(422, f"k: {body.k} is out of range (1 to {lim.max_k})")
+        if not 1 <= body.rerank_k <= lim.max_rerank_k:
+            raise HTTPException(422, f"rerank_k: {body.rerank_k} is out of range (1 to {lim.max_rerank_k})")
+        return query
+
+    async def _encode(self, query: str) -> np.ndarray:
+        if self.local_encoder is not None:
+            return self.local_encoder.encode([query])[0]
+        try:
+            return await _within(self.encoder.encode.remote(query), self.cfg.retrieve_timeout_s)
+        except Exception as e:  # noqa: BLE001 - without a query vector there is nothing to search with
+            raise HTTPException(503, _reason(e, "the query encoder", self.cfg.retrieve_timeout_s)) from None
+
+    async def _retrieve(self, vector: np.ndarray, depth: int, version: str) -> tuple[list[list[dict]], dict]:
+        timeout = self.cfg.retrieve_timeout_s
+        calls = [_within(h.search.remote(vector, depth, version), timeout) for h in self.retrievers]
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+        parts, failed = [], {}
+        for shard, a in enumerate(answers):
+            if isinstance(a, BaseException):
+                failed[str(shard)] = _reason(a, f"shard {shard}", timeout)
+            else:
+                parts.append(a)
+        return parts, failed
+
+    async def _rerank(self, query: str, head: list[dict]) -> tuple[list[float | None] | None, str | None]:
+        if self.reranker is None:
+            return None, "no re-ranker is configured (slow_checkpoint is empty)"
+        timeout = self.cfg.rerank_timeout_s
+        try:
+            return await _within(self.reranker.score.remote(query, head), timeout), None
+        except Exception as e:  # noqa: BLE001 - any failure of the re-ranker degrades, never fails, the answer
+            return None, _reason(e, "re-ranker", timeout)
+
+    @app.post("/search", response_model=SearchAnswer, responses={422: {"model": ErrorAnswer},
+                                                                  503: {"model": ErrorAnswer}})
+    async def search(self, body: SearchBody) -> JSONResponse:
+        query = self._check(body)
+        version = self.version
+        t0 = time.perf_counter()
+        vector = await self._encode(query)
+        t1 = time.perf_counter()
+        depth = max(body.k, body.rerank_k if body.rerank else 0)
+        parts, failed = await self._retrieve(vector, depth, version)
+        if not parts:
+            raise HTTPException(503, f"no index shard answered: {'; '.join(failed.values())}")
+        hits = merge_hits(parts, depth)
+        t2 = time.perf_counter()
+        degraded, reason, top = False, None, hits[: body.k]
+        if body.rerank and hits:
+            head = hits[: body.rerank_k]
+            scores, reason = await self._rerank(query, head)
+            if scores is None:
+                degraded = True
+            else:
+                top = apply_rerank(head, scores, body.k, self.cfg.fast_weight)
+                top += hits[body.rerank_k :][: body.k - len(top)]
+        t3 = time.perf_counter()
+        answered = sorted(set(range(len(self.retrievers))) - {int(s) for s in failed})
+        # A Response object is sent as is: `response_model` documents the shape (/docs) without re-validating
+        # every answer (a millisecond per request here).
+        return JSONResponse({"query": query, "results": [public_hit(h, i + 1) for i, h in enumerate(top)],
+                "reranked": body.rerank and not degraded, "degraded": degraded, "degraded_reason": reason,
+                "partial": bool(failed), "shards": {"answered": answered, "failed": failed},
+                "index_version": version,
+                "timings_ms": {"encode": 1e3 * (t1 - t0), "retrieve": 1e3 * (t2 - t1), "rerank": 1e3 * (t3 - t2),
+                               "total": 1e3 * (t3 - t0)}})
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"ok": True, "index_version": self.version, "shards": len(self.retrievers),
+                "reranker": self.reranker is not None, "limits": vars(self.cfg.limits)}
+
+    @app.get("/readyz", responses={503: {"description": "some part does not answer"}})
+    async def readyz(self) -> JSONResponse:
+        timeout = self.cfg.retrieve_timeout_s
+        checks = {f"shard {s}": _within(h.ready.remote(self.version), timeout) for s, h in enumerate(self.retrievers)}
+        if self.reranker is not None:
+            checks["reranker"] = _within(self.reranker.ready.remote(), self.cfg.rerank_timeout_s)
+        results = await asyncio.gather(*checks.values(), return_exceptions=True)
+        status = {name: (r is True) for name, r in zip(checks, results)}
+        ready = self.version is not None and all(status.values())
+        return JSONResponse(status_code=200 if ready else 503,
+                            content={"ready": ready, "index_version": self.version, "parts": status})
+
+
+def build_app(args: dict) -> serve.Application:
+    """The application for `serve run` / `serve deploy` (import path `serve_app.ingress:build_app`)."""
+    cfg = app_config(args)
+    version = current_version(cfg.index_root)
+    manifest = read_manifest(cfg.index_root, version)
+    shards = len(manifest["shards"])
+    if cfg.shards and cfg.shards != shards:
+        raise FastslowError(f"serve: shards is {cfg.shards} but index version {version} has {shards}")
+    fast = read_checkpoint(cfg.fast_checkpoint)
+    model_sha = fast["weights_sha256"]
+    if (manifest.get("model") or {}).get("weights_sha256") != model_sha:
+        raise FastslowError(f"serve: index version {version} was not built with {cfg.fast_checkpoint}")
+    retrievers = [ShardRetriever.options(name=f"ShardRetriever{s}").bind(
+        cfg, s, version, int(manifest["dim"]), model_sha) for s in range(shards)]
+    num_frames = int((manifest.get("model") or {}).get("num_frames", 8))
+    reranker = SlowReranker.bind(cfg, num_frames) if cfg.slow_checkpoint else None
+    encoder = None if cfg.encoder_in_ingress else QueryEncoderDeployment.bind(cfg)
+    return Ingress.bind(cfg, retrievers, reranker, encoder)
