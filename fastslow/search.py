@@ -30,6 +30,11 @@ from fastslow.slow_training import slow_features, slow_score_matrix
 HIT_FIELDS = ("id", "uri", "media", "caption")
 
 
+def index_num_frames(manifest: dict) -> int:
+    """How the index's videos were sampled (frames per video), so candidates are decoded the same way."""
+    return int((manifest.get("model") or {}).get("num_frames", DecodeConfig.num_frames))
+
+
 class QueryEncoder:
     """Fast's text tower: query strings to unit vectors."""
 
@@ -57,7 +62,7 @@ class ShardSearcher:
         self.metric = loaded.manifest["metric"]
         self.index, self.rows = loaded.indexes[0], loaded.rows[0]
         self.params = search_params(self.index, nprobe, ef_search)
-        self.num_frames = int((loaded.manifest.get("model") or {}).get("num_frames", DecodeConfig.num_frames))
+        self.num_frames = index_num_frames(loaded.manifest)
         table = loaded.metadata
         # Only this shard's rows are kept (global row -> fields).
         columns = {f: table.column(f).to_pylist() if f in table.column_names else None for f in HIT_FIELDS}

@@ -26,7 +26,7 @@ from fastslow.errors import FastslowError
 from fastslow.index.publish import current_version, read_manifest
 from fastslow.log import get_logger
 from fastslow.models.checkpoint import read_manifest as read_checkpoint
-from fastslow.search import QueryEncoder, apply_rerank, merge_hits, public_hit
+from fastslow.search import QueryEncoder, apply_rerank, index_num_frames, merge_hits, public_hit
 from serve_app.api import ErrorAnswer, SearchAnswer, SearchBody
 from serve_app.config import ServeAppConfig, app_config
 from serve_app.deployments import QueryEncoderDeployment, ShardRetriever, SlowReranker
@@ -199,7 +199,6 @@ def build_app(args: dict) -> serve.Application:
         raise FastslowError(f"serve: index version {version} was not built with {cfg.fast_checkpoint}")
     retrievers = [ShardRetriever.options(name=f"ShardRetriever{s}").bind(
         cfg, s, version, int(manifest["dim"]), model_sha) for s in range(shards)]
-    num_frames = int((manifest.get("model") or {}).get("num_frames", 8))
-    reranker = SlowReranker.bind(cfg, num_frames) if cfg.slow_checkpoint else None
+    reranker = SlowReranker.bind(cfg, index_num_frames(manifest)) if cfg.slow_checkpoint else None
     encoder = None if cfg.encoder_in_ingress else QueryEncoderDeployment.bind(cfg)
     return Ingress.bind(cfg, retrievers, reranker, encoder)
