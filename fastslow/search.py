@@ -180,6 +180,24 @@ def apply_rerank(hits: list[dict], slow_scores: list[float | None], k: int, fast
     return (ranked + unscored)[:k]
 
 
+def search_depth(k: int, rerank: bool, rerank_k: int) -> int:
+    """How many of Fast's best a request needs: k, or rerank_k when more are re-ranked."""
+    return max(k, rerank_k if rerank else 0)
+
+
+def reranked_top(hits: list[dict], slow_scores: list[float | None], k: int, rerank_k: int,
+                 fast_weight: float = 0.0) -> list[dict]:
+    """Fast's first rerank_k `hits` (those `slow_scores` score) in the fused order, then Fast's order: k in all."""
+    top = apply_rerank(hits[:rerank_k], slow_scores, k, fast_weight)
+    return top + [{**h, "slow_score": None} for h in hits[rerank_k:]][: k - len(top)]
+
+
+def stage_timings(t0: float, t1: float, t2: float, t3: float) -> dict:
+    """Milliseconds per stage from perf_counter marks: before encoding, after it, after retrieval, at the end."""
+    return {"encode": 1e3 * (t1 - t0), "retrieve": 1e3 * (t2 - t1), "rerank": 1e3 * (t3 - t2),
+            "total": 1e3 * (t3 - t0)}
+
+
 def public_hit(hit: dict, rank: int) -> dict:
     """What an answer shows of a hit."""
     return {"rank": rank, "id": hit["id"], "uri": hit["uri"], "media": hit["media"], "caption": hit["caption"],
@@ -216,19 +234,17 @@ class SearchPipeline:
         t0 = time.perf_counter()
         vec = self.encoder.encode([req.query])
         t1 = time.perf_counter()
-        depth = max(req.k, req.rerank_k if req.rerank else 0)
+        depth = search_depth(req.k, req.rerank, req.rerank_k)
         hits = merge_hits([s.search(vec, depth)[0] for s in self.shards], depth, self.shards[0].metric)
         t2 = time.perf_counter()
         if req.rerank:
             if self.reranker is None:
                 raise FastslowError("re-ranking asked for but no Slow checkpoint is loaded")
-            head = hits[: req.rerank_k]
-            top = apply_rerank(head, self.reranker.score([req.query], [head])[0], req.k, self.fast_weight)
-            top += [{**h, "slow_score": None} for h in hits[req.rerank_k :]][: req.k - len(top)]
+            scores = self.reranker.score([req.query], [hits[: req.rerank_k]])[0]
+            top = reranked_top(hits, scores, req.k, req.rerank_k, self.fast_weight)
         else:
             top = hits[: req.k]
         t3 = time.perf_counter()
         return {"results": [public_hit(h, i + 1) for i, h in enumerate(top)], "index_version": self.shards[0].version,
-                "timings_ms": {"encode": 1e3 * (t1 - t0), "retrieve": 1e3 * (t2 - t1), "rerank": 1e3 * (t3 - t2),
-                               "total": 1e3 * (t3 - t0)}}
+                "timings_ms": stage_timings(t0, t1, t2, t3)}
 

@@ -26,7 +26,8 @@ from fastslow.errors import FastslowError
 from fastslow.index.publish import current_version, read_manifest
 from fastslow.log import get_logger
 from fastslow.models.checkpoint import read_manifest as read_checkpoint
-from fastslow.search import QueryEncoder, apply_rerank, index_num_frames, merge_hits, public_hit
+from fastslow.search import (QueryEncoder, index_num_frames, merge_hits, public_hit, reranked_top, search_depth,
+                             stage_timings)
 from serve_app.api import ErrorAnswer, SearchAnswer, SearchBody
 from serve_app.config import ServeAppConfig, app_config
 from serve_app.deployments import QueryEncoderDeployment, ShardRetriever, SlowReranker
@@ -78,6 +79,7 @@ class Ingress:
         self.cfg, self.retrievers, self.reranker, self.encoder = cfg, retrievers, reranker, encoder
         self.local_encoder = QueryEncoder(cfg.fast_checkpoint, threads=cfg.torch_threads) if encoder is None else None
         self.version: str | None = None
+        self.metric = "ip"  # the live version's, set with it: how the shards' scores merge
 
     async def reconfigure(self, user_config: dict) -> None:
         """Swap index versions: every shard loads the new one (still answering with the old), then it goes live.
@@ -87,10 +89,10 @@ class Ingress:
         wanted = (user_config or {}).get("index_version") or current_version(self.cfg.index_root)
         if wanted == self.version:
             return
-        read_manifest(self.cfg.index_root, wanted)  # refuse an incomplete version before any shard loads it
+        manifest = read_manifest(self.cfg.index_root, wanted)  # refuse an incomplete version before any shard loads
         await asyncio.gather(*[h.load.remote(wanted) for h in self.retrievers])
         log.info("index version %s is live (was %s)", wanted, self.version)
-        self.version = wanted
+        self.version, self.metric = wanted, manifest["metric"]
 
     def _check(self, body: SearchBody) -> str:
         lim, query = self.cfg.limits, body.query.strip()
@@ -137,25 +139,23 @@ class Ingress:
                                                                   503: {"model": ErrorAnswer}})
     async def search(self, body: SearchBody) -> JSONResponse:
         query = self._check(body)
-        version = self.version
+        version, metric = self.version, self.metric
         t0 = time.perf_counter()
         vector = await self._encode(query)
         t1 = time.perf_counter()
-        depth = max(body.k, body.rerank_k if body.rerank else 0)
+        depth = search_depth(body.k, body.rerank, body.rerank_k)
         parts, failed = await self._retrieve(vector, depth, version)
         if not parts:
             raise HTTPException(503, f"no index shard answered: {'; '.join(failed.values())}")
-        hits = merge_hits(parts, depth)
+        hits = merge_hits(parts, depth, metric)
         t2 = time.perf_counter()
         degraded, reason, top = False, None, hits[: body.k]
         if body.rerank and hits:
-            head = hits[: body.rerank_k]
-            scores, reason = await self._rerank(query, head)
+            scores, reason = await self._rerank(query, hits[: body.rerank_k])
             if scores is None:
                 degraded = True
             else:
-                top = apply_rerank(head, scores, body.k, self.cfg.fast_weight)
-                top += hits[body.rerank_k :][: body.k - len(top)]
+                top = reranked_top(hits, scores, body.k, body.rerank_k, self.cfg.fast_weight)
         t3 = time.perf_counter()
         answered = sorted(set(range(len(self.retrievers))) - {int(s) for s in failed})
         # A Response object is sent as is: `response_model` documents the shape (/docs) without re-validating
@@ -163,9 +163,7 @@ class Ingress:
         return JSONResponse({"query": query, "results": [public_hit(h, i + 1) for i, h in enumerate(top)],
                 "reranked": body.rerank and not degraded, "degraded": degraded, "degraded_reason": reason,
                 "partial": bool(failed), "shards": {"answered": answered, "failed": failed},
-                "index_version": version,
-                "timings_ms": {"encode": 1e3 * (t1 - t0), "retrieve": 1e3 * (t2 - t1), "rerank": 1e3 * (t3 - t2),
-                               "total": 1e3 * (t3 - t0)}})
+                "index_version": version, "timings_ms": stage_timings(t0, t1, t2, t3)})
 
     @app.get("/healthz")
     async def healthz(self) -> dict:
