@@ -52,7 +52,8 @@ def connect(address: str | None = None, num_cpus: int | None = None, dashboard_p
     dashboard = {"include_dashboard": False}
     if dashboard_port:
         dashboard = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port}
-    ray.init(num_cpus=num_cpus or os.cpu_count(), object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+    # "local": a new Ray for this process, even where `ray start` left a cluster ray.init would otherwise join.
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), object_store_memory=LOCAL_OBJECT_STORE_BYTES,
              runtime_env=runtime_env, log_to_driver=log_to_driver, **dashboard)
     log.info("started a local Ray (%s CPUs)", num_cpus or os.cpu_count())
     return "local"

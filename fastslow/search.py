@@ -68,12 +68,21 @@ class ShardSearcher:
         columns = {f: table.column(f).to_pylist() if f in table.column_names else None for f in HIT_FIELDS}
         self.items = {int(r): {f: (columns[f][r] if columns[f] is not None else None) for f in HIT_FIELDS}
                       for r in self.rows}
+        self.row_of = {item["id"]: r for r, item in self.items.items()}
 
     def search(self, queries: np.ndarray, k: int) -> list[list[dict]]:
         """Each query's best k of this shard, best first: metadata plus `row`, `fast_score`, `shard`."""
         scores, rows = search_shard(self.index, self.rows, queries, k, self.params)
         return [[{**self.items[int(r)], "row": int(r), "fast_score": float(s), "shard": self.shard}
                  for s, r in zip(qs, qr) if r >= 0] for qs, qr in zip(scores, rows)]
+
+    def lookup(self, item_id: str) -> dict | None:
+        """{id, uri, media} of the item `item_id` if this shard holds it, else None."""
+        row = self.row_of.get(item_id)
+        if row is None:
+            return None
+        item = self.items[row]
+        return {"id": item["id"], "uri": item["uri"], "media": item["media"]}
 
 
 def merge_hits(parts: list[list[dict]], k: int, metric: str = "ip") -> list[dict]:

@@ -51,6 +51,16 @@ def index_rows(cfg: IndexRunConfig) -> tuple[list[dict], ReadReport]:
     return rows, report
 
 
+def collection_root(cfg: IndexRunConfig) -> str:
+    """Where the collection's media lie: data.media_root, else the dataset's folder (absolute, or an s3:// prefix)."""
+    from jobs.training import absolute
+
+    if cfg.data.media_root:
+        return absolute(cfg.data.media_root)
+    path = absolute(cfg.data.path)
+    return path if storage.is_dir(path) else storage.parent(path)
+
+
 def plan_partitions(rows: list[dict], size: int) -> list[list[dict]]:
     """Images then videos (a partition holds one media type), each in id order, in slices of `size`."""
     plan = []
@@ -160,8 +170,10 @@ def run_build(cfg: IndexRunConfig, address: str | None = None) -> dict:
             raise FastslowError(f"{cfg.data.path}: no item could be indexed (see the errors file)")
         indexes, shard_rows = build_shards(ids, vectors, cfg.index)
         # num_frames: how videos were sampled, so the re-ranker decodes candidates the same way.
+        # collection_root: the search app serves an item's media only from under it.
         identity = {"checkpoint": cfg.checkpoint, "weights_sha256": model["weights_sha256"],
-                    "config": model["config"], "num_frames": cfg.data.num_frames}
+                    "config": model["config"], "num_frames": cfg.data.num_frames,
+                    "collection_root": collection_root(cfg)}
         write_version(cfg.root, version, indexes, shard_rows, metadata, cfg.index, identity)
     if not storage.exists(storage.join(cfg.root, "CURRENT")) or current_version(cfg.root) != version:
         publish(cfg.root, version)

@@ -87,6 +87,12 @@ class ShardRetriever:
                 out[i] = h[: requests[i][1]]
         return out
 
+    async def lookup(self, item_id: str, version: str) -> dict | None:
+        """{id, uri, media} of `item_id` if this shard holds it in `version`, else None."""
+        if version not in self.versions:
+            await self.load(version)
+        return self.versions[version].lookup(item_id)
+
     async def ready(self, version: str) -> bool:
         return version in self.versions
 

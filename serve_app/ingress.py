@@ -1,6 +1,9 @@
 """The HTTP ingress (FastAPI on Serve) and `build_app`, the application the Serve YAML imports.
 
+    GET  /         the search page (serve_app/static/search.html: plain HTML and JS, same origin only)
     POST /search   {"query": ..., "k": 10, "rerank": true, "rerank_k": 20}
+    GET  /media/<id>  an item's image (a video's middle frame, as JPEG): the id percent-encoded as one path
+                   segment (JS encodeURIComponent); a '/' in an id may also be sent as is
     GET  /healthz  the process answers (and the limits and live index version)
     GET  /readyz   200 only when every shard and the re-ranker answer
     GET  /docs     OpenAPI
@@ -8,17 +11,22 @@
 One request: encode (here, or in the encoder deployment), every shard in parallel, merge, Slow
 re-scores the top rerank_k. The re-ranker failing, timing out or being overloaded degrades the
 answer to the Fast order (`degraded`, `degraded_reason`); a shard failing leaves it out (`partial`).
+
+/media serves only items of the live index version, found by id through the shards (never a path from
+the request), and only from inside the collection root the version recorded (serve_app/media.py);
+anything else is a 404.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route signatures' types at run time.
 
 import asyncio
+import importlib.resources
 import time
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -31,8 +39,19 @@ from fastslow.search import (QueryEncoder, index_num_frames, merge_hits, public_
 from serve_app.api import ErrorAnswer, SearchAnswer, SearchBody
 from serve_app.config import ServeAppConfig, app_config
 from serve_app.deployments import QueryEncoderDeployment, ShardRetriever, SlowReranker
+from serve_app.media import MediaReader, MediaRefused
 
 log = get_logger("fastslow.serve")
+
+PAGE = importlib.resources.files("serve_app").joinpath("static/search.html").read_text(encoding="utf-8")
+# The page may load nothing but itself and this app: no CDN, no third-party requests.
+PAGE_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "default-src 'self'; img-src 'self'; connect-src 'self'; "
+                                           "script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'"}
+MEDIA_HEADERS = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
+NOT_CACHED = {"Cache-Control": "no-store"}
+MAX_ID_CHARS = 1024
+MEDIA_READS = 4  # media reads at once per ingress replica (each in a thread): thumbnails never starve /search
 
 app = FastAPI(title="fastslow search", version="1",
               description="Language search over an image and video collection: Fast retrieves, Slow re-ranks.")
@@ -80,6 +99,9 @@ class Ingress:
         self.local_encoder = QueryEncoder(cfg.fast_checkpoint, threads=cfg.torch_threads) if encoder is None else None
         self.version: str | None = None
         self.metric = "ip"  # the live version's, set with it: how the shards' scores merge
+        self.collection_root: str | None = None  # the live version's: /media serves files under it only
+        self.media = MediaReader()
+        self.media_slots = asyncio.Semaphore(MEDIA_READS)
 
     async def reconfigure(self, user_config: dict) -> None:
         """Swap index versions: every shard loads the new one (still answering with the old), then it goes live.
@@ -93,6 +115,7 @@ class Ingress:
         await asyncio.gather(*[h.load.remote(wanted) for h in self.retrievers])
         log.info("index version %s is live (was %s)", wanted, self.version)
         self.version, self.metric = wanted, manifest["metric"]
+        self.collection_root = (manifest.get("model") or {}).get("collection_root")
 
     def _check(self, body: SearchBody) -> str:
         lim, query = self.cfg.limits, body.query.strip()
@@ -164,6 +187,40 @@ class Ingress:
                 "reranked": body.rerank and not degraded, "degraded": degraded, "degraded_reason": reason,
                 "partial": bool(failed), "shards": {"answered": answered, "failed": failed},
                 "index_version": version, "timings_ms": stage_timings(t0, t1, t2, t3)})
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self) -> HTMLResponse:
+        return HTMLResponse(PAGE, headers=PAGE_HEADERS)
+
+    async def _lookup(self, item_id: str, version: str) -> dict | None:
+        """The item's {id, uri, media} from the shard holding it in `version`; None when no shard does."""
+        timeout = self.cfg.retrieve_timeout_s
+        answers = await asyncio.gather(*[_within(h.lookup.remote(item_id, version), timeout)
+                                         for h in self.retrievers], return_exceptions=True)
+        found = [a for a in answers if isinstance(a, dict)]
+        if found:
+            return found[0]
+        failed = [_reason(a, f"shard {s}", timeout) for s, a in enumerate(answers) if isinstance(a, BaseException)]
+        if failed:  # the item may be in a shard that did not answer
+            raise HTTPException(503, "; ".join(failed), headers=NOT_CACHED)
+        return None
+
+    @app.get("/media/{item_id:path}", responses={200: {"content": {"image/jpeg": {}, "image/png": {}}},
+                                                 404: {"model": ErrorAnswer}, 503: {"model": ErrorAnswer}})
+    async def media(self, item_id: str) -> Response:
+        """The item's image as stored (PNG when browsers cannot show its format); a video's middle frame as JPEG."""
+        version, root = self.version, self.collection_root
+        shown = repr(item_id[:200])
+        item = await self._lookup(item_id, version) if 0 < len(item_id) <= MAX_ID_CHARS else None
+        if item is None:
+            raise HTTPException(404, f"no item {shown} in index version {version}", headers=NOT_CACHED)
+        try:
+            async with self.media_slots:
+                data, content_type = await asyncio.to_thread(self.media.get, item, root)
+        except MediaRefused as e:
+            log.warning("media of %s refused: %s", shown, e)
+            raise HTTPException(404, f"item {shown}: media not served ({e})", headers=NOT_CACHED) from None
+        return Response(data, media_type=content_type, headers=MEDIA_HEADERS)
 
     @app.get("/healthz")
     async def healthz(self) -> dict:

@@ -66,10 +66,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from cluster.connect import free_port  # noqa: E402 - after the environment above is set
 
 
+class RayHead(str):
+    """The dashboard URL of a test cluster (for `ray job submit --address`), with `.gcs`: its address for ray.init."""
+
+    gcs: str
+
+
 @pytest.fixture(scope="session")
 def ray_head():
     """A local Ray cluster started the way users start one (`ray start --head` on 127.0.0.1); yields its
-    dashboard URL for `ray job submit --address`. Stopped at the end of the session."""
+    dashboard URL for `ray job submit --address` (`.gcs`: the address `--address` of the CLI and ray.init take).
+    Stopped at the end of the session."""
     import subprocess
     import sys
     import tempfile
@@ -78,15 +85,17 @@ def ray_head():
 
     apply_local_safety_env()
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
-    dashboard_port = free_port()
+    dashboard_port, gcs_port = free_port(), free_port()
     # Ray's socket paths must stay short: a temp dir directly under /tmp.
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+    subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
                     "--num-cpus=2", "--object-store-memory=400000000", "--include-dashboard=true",
                     "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}",
                     "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
+    head = RayHead(f"http://127.0.0.1:{dashboard_port}")
+    head.gcs = f"127.0.0.1:{gcs_port}"
     try:
-        yield f"http://127.0.0.1:{dashboard_port}"
+        yield head
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
 

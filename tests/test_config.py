@@ -48,6 +48,9 @@ def test_every_example_config_loads():
     assert len(paths) >= 8
     for path in paths:
         kind = os.path.basename(path).split("_")[0]
+        if kind == "demo.yaml":
+            _check_demo_config(kinds)
+            continue
         if kind == "serve":
             _check_serve_config(path)
             continue
@@ -55,6 +58,22 @@ def test_every_example_config_loads():
         assert cfg.data.path, path
         if kind != "index":
             assert cfg.job.num_workers >= 1
+
+
+def _check_demo_config(kinds: dict) -> None:
+    """Every size of configs/demo.yaml names configs that load with its overrides."""
+    import yaml
+
+    from fastslow.demo import CONFIGS, DEMO_CONFIG, load_plan
+    from fastslow.synth import synth_config
+
+    for size in yaml.safe_load(DEMO_CONFIG.read_text()):
+        plan = load_plan(size)
+        synth_config(plan.synth["size"], 0, plan.synth.get("overrides", []))
+        for kind in ("fast", "slow", "distill", "index"):
+            step = getattr(plan, kind)
+            load_config(kinds[kind], str(CONFIGS / step["config"]), step.get("overrides", []))
+        _check_serve_config(str(CONFIGS / plan.serve))
 
 
 def _check_serve_config(path: str) -> None:

@@ -67,6 +67,7 @@ def test_index_job_indexes_everything_or_reports_it(collection, fast_checkpoint,
 
     loaded = load_version(root)
     assert loaded.version == current_version(root) == summary["version"]
+    assert loaded.manifest["model"]["collection_root"] == collection  # where the search app may serve media from
     ids = loaded.metadata.column("id").to_pylist()
     assert len(ids) == len(set(ids)) == 28 and sum(ix.ntotal for ix in loaded.indexes) == 28
     assert sorted(ids)[:2] == ["clips/c0.mp4", "clips/c1.mp4"]

@@ -56,6 +56,15 @@ def test_shards_merged_equal_one_exact_search(collection):
     assert all(a["fast_score"] >= b["fast_score"] for a, b in zip(merged, merged[1:]))
 
 
+def test_lookup_finds_an_item_in_the_shard_that_holds_it_only(collection):
+    shards = [ShardSearcher(collection["root"], s) for s in range(3)]
+    for i in (0, 13, 29):
+        found = [s.lookup(collection["ids"][i]) for s in shards]
+        assert [f for f in found if f] == [{"id": collection["ids"][i], "uri": collection["uris"][i], "media": "image"}]
+    for bad in ("item-30", "", "../item-01", collection["uris"][0]):
+        assert all(s.lookup(bad) is None for s in shards)
+
+
 def test_apply_rerank_orders_by_slow_and_puts_unscored_last():
     hits = [{"id": c, "fast_score": f} for c, f in zip("abcd", (0.9, 0.8, 0.7, 0.6))]
     top = apply_rerank(hits, [-5.0, None, -1.0, -3.0], k=4)

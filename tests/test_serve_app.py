@@ -4,9 +4,12 @@ does), queried over HTTP on 127.0.0.1.
 A tiny Fast and Slow are trained with the CLI and two index versions of the synthetic images are built
 with `ray job submit` of the index job (all items; the test split only). The answers must equal the
 in-process pipeline on the same version; bad requests get 4xx with a message; an injected re-ranker
-fault degrades answers to the Fast order; a version swap under a stream of requests loses none.
+fault degrades answers to the Fast order; a version swap under a stream of requests loses none; /media
+serves the live version's items and nothing else; the search page works in headless Chromium.
 """
 
+import http.client
+import io
 import json
 import os
 import subprocess
@@ -15,10 +18,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import urllib.parse
 import uuid
 
+import numpy as np
 import pytest
+from browser import chromium
 from conftest import REPO
+from PIL import Image
 from test_jobs_training import TINY_FAST, TINY_SLOW, wait_for
 
 from cluster.connect import free_port
@@ -40,6 +47,7 @@ def stack(tmp_path_factory, submit_module_job):
     out = tmp_path_factory.mktemp("serve")
     data = out / "synth"
     _cli("synth", "--out", str(data), "--size", "tiny", "--seed", "5")
+    slash_id, symlink_id = _odd_media(data / "images", out / "outside")
     _cli("train", "fast", "--data", str(data / "images"), "--out", str(out / "fast"), *TINY_FAST,
          "train.epochs=3", "train.batch_size=16")
     _cli("train", "slow", "--data", str(data / "images"), "--out", str(out / "slow"), *TINY_SLOW,
@@ -53,7 +61,24 @@ def stack(tmp_path_factory, submit_module_job):
         assert status == "SUCCEEDED", logs[-3000:]
         versions.append(json.loads(logs[logs.rindex("{\n"):])["version"])
     return {"fast": fast, "slow": str(out / "slow" / "checkpoint"), "root": root, "v1": versions[0],
-            "v2": versions[1]}
+            "v2": versions[1], "images": str(data / "images"), "slash_id": slash_id, "symlink_id": symlink_id}
+
+
+def _odd_media(images, outside) -> tuple[str, str]:
+    """Give one image an id with a '/' (a Karpathy `filepath`) and make another a symlink to a copy outside the
+    collection (indexed like any other, never served); (the first's id, the second's id)."""
+    dataset = next(images.glob("dataset_*.json"))
+    entries = json.loads(dataset.read_text())
+    moved, linked = entries["images"][1], entries["images"][2]
+    (images / "sub").mkdir()
+    os.replace(images / moved["filename"], images / "sub" / moved["filename"])
+    moved["filepath"] = "sub"
+    dataset.write_text(json.dumps(entries))
+    outside.mkdir()
+    os.replace(images / linked["filename"], outside / linked["filename"])
+    os.symlink(outside / linked["filename"], images / linked["filename"])
+    stem = lambda e: os.path.splitext(e["filename"])[0]  # noqa: E731
+    return f"sub/{stem(moved)}", stem(linked)
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +118,22 @@ def post(url: str, body, timeout: float = 60.0) -> tuple[int, dict]:
 
 def _ids(answer: dict) -> list[str]:
     return [h["id"] for h in answer["results"]]
+
+
+def get_raw(url: str, path: str) -> tuple[int, dict, bytes]:
+    """(status, headers, body) of a GET of `path` sent exactly as given (no client-side normalisation)."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def media_path(item_id: str) -> str:
+    return "/media/" + urllib.parse.quote(item_id, safe="")
 
 
 def test_answers_equal_the_in_process_pipeline(app):
@@ -211,5 +252,95 @@ def test_index_version_swap_under_load_loses_no_request(app):
         assert set(_ids(a)) <= ids[{app["v1"]: "v1", app["v2"]: "v2"}[a["index_version"]]]
         assert len(a["results"]) == 8 and not a["partial"]
     assert answers[-1]["index_version"] == app["v2"]
+    # /media follows the live version: an item of v1 only is gone, one of v2 is there.
+    assert get_raw(app["url"], media_path(sorted(ids["v1"] - ids["v2"])[0]))[0] == 404
+    assert get_raw(app["url"], media_path(sorted(ids["v2"] - {app["symlink_id"]})[0]))[0] == 200
     app["redeploy"](version=app["v1"])
     wait_ready(app["url"], timeout=120, version=app["v1"])
+
+
+def test_media_serves_indexed_items_and_nothing_else(app):
+    status, got = post(app["url"], {"query": QUERIES[1], "k": 6, "rerank": False})
+    assert status == 200, got
+    meta = {r["id"]: r for r in load_version(app["root"], app["v1"]).metadata.to_pylist()}
+    assert load_version(app["root"], app["v1"]).manifest["model"]["collection_root"] == app["images"]
+    for item_id in _ids(got) + [app["slash_id"]]:
+        for path in (media_path(item_id), "/media/" + item_id):  # '/' in an id may be sent encoded or not
+            status, headers, body = get_raw(app["url"], path)
+            assert status == 200, (path, body[:300])
+            assert headers["content-type"] == "image/png" and headers["cache-control"] == "private, max-age=3600"
+            with open(meta[item_id]["uri"], "rb") as f:
+                stored = f.read()
+            assert body == stored
+            assert np.array_equal(np.asarray(Image.open(io.BytesIO(body))), np.asarray(Image.open(io.BytesIO(stored))))
+
+    uri = meta[_ids(got)[0]]["uri"]
+    refused = ["/media/..%2F..%2Fetc%2Fpasswd", "/media/../../etc/passwd", "/media//etc/passwd",
+               "/media/%2Fetc%2Fpasswd", "/media/%2e%2e/%2e%2e/etc/passwd", "/media/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+               "/media/%252e%252e%252fetc%252fpasswd", "/media/..%5c..%5cetc%5cpasswd", "/media/" + uri,
+               media_path(uri), "/media/no-such-item", "/media/", "/media/" + "x" * 5000,
+               media_path(app["symlink_id"])]  # indexed, but its file resolves outside the collection
+    for path in refused:
+        status, headers, body = get_raw(app["url"], path)
+        assert status == 404, (path, status, body[:300])
+        assert headers["cache-control"] == "no-store" and isinstance(json.loads(body)["detail"], str), path
+    status, _, body = get_raw(app["url"], media_path(app["symlink_id"]))
+    assert "outside the collection" in json.loads(body)["detail"]
+
+
+def test_search_page_in_headless_chromium(app):
+    url, query = app["url"], QUERIES[0]
+    with chromium() as browser:
+        from playwright.sync_api import expect
+
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        requests, errors = [], []
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url + "/")
+        page.fill("#query", query)
+        page.fill("#k", "8")
+        page.fill("#rerank-k", "12")
+        page.click("#search")
+        # Polled from here: the page's CSP (no 'unsafe-eval') refuses Playwright's in-page wait_for_function.
+        expect(page.locator(".tile")).to_have_count(8, timeout=60_000)
+        deadline = time.time() + 60
+        while not page.locator(".tile img").evaluate_all("imgs => imgs.every(i => i.complete && i.naturalWidth > 0)"):
+            assert time.time() < deadline, "the result images did not load"
+            time.sleep(0.2)
+        _, want = post(url, {"query": query, "k": 8, "rerank": True, "rerank_k": 12})
+        tiles = page.locator(".tile")
+        assert [tiles.nth(i).get_attribute("data-id") for i in range(8)] == _ids(want)
+        assert "Slow re-ranked" in page.inner_text("#status") and "total" in page.inner_text("#timings")
+        assert app["v1"] in page.inner_text("#version") and not page.is_visible("#notice")
+        assert all(t != "slow \u2014" for t in page.locator(".tile .slow").all_inner_texts())
+        assert page.locator(".tile .caption").first.inner_text() == want["results"][0]["caption"]
+        shot = os.path.join(REPO, "out", "test-artifacts", "search-page.png")
+        os.makedirs(os.path.dirname(shot), exist_ok=True)
+        page.screenshot(path=shot, full_page=True)
+        print(f"search page screenshot: {shot}")
+
+        page.uncheck("#rerank")
+        page.click("#search")
+        expect(page.locator("#status")).to_contain_text("Fast order", timeout=60_000)
+        _, fast = post(url, {"query": query, "k": 8, "rerank": False})
+        assert [tiles.nth(i).get_attribute("data-id") for i in range(8)] == _ids(fast)
+        assert page.locator(".tile .slow").all_inner_texts() == ["slow \u2014"] * 8
+
+        # A degraded and partial answer (made up here: the real ones are tested above) is shown as such.
+        page.route("**/search", lambda route: route.fulfill(json={
+            **want, "reranked": False, "degraded": True, "degraded_reason": "re-ranker timed out after 5 s",
+            "partial": True, "shards": {"answered": [0], "failed": {"1": "shard 1 timed out after 5 s"}}}))
+        page.click("#search")
+        page.wait_for_selector("#notice:not([hidden])", timeout=30_000)
+        notice = page.inner_text("#notice")
+        assert "re-ranker timed out after 5 s" in notice and "shard 1 timed out" in notice
+        page.unroute("**/search")
+
+        page.fill("#query", "   ")  # passes the form's `required`; the app answers 422
+        page.click("#search")
+        page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+        assert "422" in page.inner_text("#error") and "query: is empty" in page.inner_text("#error")
+    assert not errors, errors
+    origin = url + "/"
+    assert requests and all(r.startswith(origin) for r in requests), [r for r in requests if not r.startswith(origin)]

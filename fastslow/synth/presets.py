@@ -39,9 +39,10 @@ def synth_config(size: str, seed: int, overrides: list[str] = ()) -> SynthConfig
     return SynthConfig(**fields)
 
 
-def ensure_synth(root: str | Path, seed: int, size: str, progress: bool = True, workers: int = 1) -> dict:
+def ensure_synth(root: str | Path, seed: int, size: str, progress: bool = True, workers: int = 1,
+                 overrides: list[str] = ()) -> dict:
     """Write the benchmark under `root` unless the same config was written there already."""
-    cfg = synth_config(size, seed)
+    cfg = synth_config(size, seed, overrides)
     record = Path(root) / "synth.json"
     if record.exists():
         try:
