@@ -12,8 +12,10 @@
    The IVF index's recall@10 against the exact one is measured on the queries.
 3. Side by side, one client, Fast only, on each version (the app swaps to the Flat one live): the
    pipeline in this process (`fastslow.search.SearchPipeline`, 1 torch and 1 FAISS thread, as each
-   replica has) and the Serve app over HTTP; the difference of the medians is the Serve graph's
-   overhead. Also with the query encoder as its own deployment.
+   replica has) and the Serve app over HTTP, through Serve's proxy and straight to the ingress
+   replica's own port (direct ingress: where a load balancer in front of the replicas sends traffic);
+   the difference of the medians is the Serve graph's overhead. Also with the query encoder as its
+   own deployment.
 4. Latency p50/p99 and throughput, Fast only and re-ranking at K = 10, 20, 50, at several client
    concurrencies (closed loop: each client sends its next request when the last is answered).
 5. Autoscaling: re-ranking at K=20 with the load stepped 1 -> 8 -> 0 clients; the re-ranker's running
@@ -190,12 +192,15 @@ def recall_at_10(approx, exact, queries: list[str]) -> float:
     return round(hits / (10 * len(queries)), 4)
 
 
-def side_by_side(pipeline, url: str, queries: list[str], n: int) -> dict:
-    """In-process, HTTP, in-process again (a drift check): the overhead is HTTP minus the mean in-process p50."""
-    out = {"in_process": in_process(pipeline, queries, n), "serve_http": sequential(url, queries, n),
-           "in_process_again": in_process(pipeline, queries, n)}
+def side_by_side(pipeline, urls: dict[str, str], queries: list[str], n: int) -> dict:
+    """In-process, over HTTP at each of `urls` (name -> base URL), in-process again (a drift check); the overhead
+    of each is its HTTP p50 minus the mean in-process p50."""
+    out = {"in_process": in_process(pipeline, queries, n)}
+    for name, url in urls.items():
+        out[name] = sequential(url, queries, n)
+    out["in_process_again"] = in_process(pipeline, queries, n)
     base = (out["in_process"]["p50_ms"] + out["in_process_again"]["p50_ms"]) / 2
-    out["overhead_p50_ms"] = round(out["serve_http"]["p50_ms"] - base, 2)
+    out["overhead_p50_ms"] = {name: round(out[name]["p50_ms"] - base, 2) for name in urls}
     return out
 
 
@@ -274,13 +279,13 @@ def markdown(result: dict) -> str:
     side = result["side_by_side"]
     lines = [f"# Serving benchmark ({result['items']} items, {SHARDS} shards, {result['machine']})", "",
              "Side by side, one client, Fast only (k=10), p50 / p99 ms:", "",
-             "| index | in process | Serve over HTTP | again in process | overhead at p50 | ingress: encode, "
-             "retrieve |", "|---|---|---|---|---|---|"]
+             "| index | in process | path | Serve over HTTP | again in process | overhead at p50 | ingress: encode, "
+             "retrieve |", "|---|---|---|---|---|---|---|"]
     for name, r in side.items():
-        if isinstance(r, dict) and "serve_http" in r:
-            h = r["serve_http"]
-            lines.append(f"| {name} | {r['in_process']['p50_ms']} / {r['in_process']['p99_ms']} | {h['p50_ms']} / "
-                         f"{h['p99_ms']} | {r['in_process_again']['p50_ms']} | {r['overhead_p50_ms']} | "
+        for path, overhead in (r.get("overhead_p50_ms") or {}).items() if isinstance(r, dict) else ():
+            h = r[path]
+            lines.append(f"| {name} | {r['in_process']['p50_ms']} / {r['in_process']['p99_ms']} | {path} | "
+                         f"{h['p50_ms']} / {h['p99_ms']} | {r['in_process_again']['p50_ms']} | {overhead} | "
                          f"{h['ingress_p50_ms']['encode']}, {h['ingress_p50_ms']['retrieve']} |")
     lines += ["", f"IVF recall@10 against the exact (Flat) index: {result['ivf_recall_at_10']} (nprobe "
               f"{result['nprobe']}). Query encoder as its own deployment (one hop more), {result['factory']}: "
@@ -325,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     from fastslow.synth import ensure_synth
     from ray import serve
 
-    from serve_app.deploy import APP_NAME, base_url, deploy, load_serve_config, wait_ready, with_settings
+    from serve_app.deploy import (APP_NAME, base_url, deploy, ingress_replica_urls, load_serve_config, wait_ready,
+                                  with_settings)
 
     started = time.time()
     work, data = Path(a.work).resolve(), Path(a.data).resolve()
@@ -370,8 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     for v in (version, exact_version):
         deploy(app_config(v), dash)  # the second time only the index version changes: a live swap
         wait_ready(url, version=v)
-        sequential(url, queries, 20)
-        side[v] = side_by_side(pipelines[v], url, queries, a.sequential)
+        urls = {"proxy": url, **{f"ingress replica {i}": u for i, u in enumerate(ingress_replica_urls())}}
+        for u in urls.values():
+            sequential(u, queries, 20)
+        side[v] = side_by_side(pipelines[v], urls, queries, a.sequential)
         log.info("side by side, %s: %s", v, json.dumps(side[v]))
     del pipelines
     deploy(app_config(version), dash)

@@ -91,3 +91,15 @@ def wait_ready(url: str, timeout: float = 300.0, version: str | None = None) -> 
             return last
         time.sleep(1.0)
     raise FastslowError(f"{url}: not ready after {timeout:.0f} s (last /readyz: {last or 'no answer'})")
+
+
+def ingress_replica_urls(app_name: str = APP_NAME) -> list[str]:
+    """The HTTP addresses of the app's ingress replicas themselves (Serve's direct ingress): what a load balancer
+    in front of the replicas targets, one hop fewer than Serve's proxy. Empty without direct ingress."""
+    import ray
+    from ray.serve.context import _get_global_client
+
+    # Serve has no public call for these yet; its controller keeps them as the app's "target groups".
+    groups = ray.get(_get_global_client()._controller.get_target_groups.remote(app_name))
+    return [f"http://{t.ip}:{t.port}" for g in groups if g.protocol.value == "HTTP" and g.app_name == app_name
+            for t in g.targets if t.name.startswith("SERVE_REPLICA::")]

@@ -41,14 +41,14 @@ def start_app(config_path: str, index_root: str, fast_checkpoint: str, slow_chec
 def wait_until_interrupted() -> None:
     """Block until Ctrl-C or SIGTERM (both end the serving loop the same way)."""
     stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Handled explicitly: a process started in the background by a shell inherits SIGINT ignored.
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         while not stop.wait(1.0):
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def stop_serving() -> None:
