@@ -73,20 +73,20 @@ class FastEmbedder:
     """Actor of the embedding pool: loads the Fast checkpoint once, embeds each partition in mini-batches."""
 
     def __init__(self, checkpoint: str, batch_size: int = 64):
-        import torch
-
+        from fastslow.devices import best_device
         from fastslow.env import apply_local_safety_env
         from fastslow.models.fast import FastModel
         from fastslow.runs import load_model
 
         apply_local_safety_env()
-        self.model = load_model(checkpoint, FastModel)
-        if torch.cuda.is_available():
-            self.model.to("cuda")
+        self.device = best_device()
+        self.model = load_model(checkpoint, FastModel).eval().to(self.device)
         self.batch_size = batch_size
 
     def __call__(self, batch: dict) -> dict:
         import torch
+
+        from fastslow.devices import autocast
 
         embeddings = []
         for blob in batch["pixels"]:
@@ -94,7 +94,7 @@ class FastEmbedder:
                 embeddings.append(b"")
                 continue
             pixels = np.load(io.BytesIO(blob), allow_pickle=False)
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast(self.device):
                 parts = [self.model.encode_visual(torch.from_numpy(pixels[i : i + self.batch_size])).float().cpu()
                          for i in range(0, len(pixels), self.batch_size)]
             embeddings.append(_npy(torch.cat(parts).numpy().astype(np.float32)))

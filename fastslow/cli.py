@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "taught by a Slow checkpoint (teacher=PATH)")
     p.add_argument("--config", help="YAML config (see configs/)")
     p.add_argument("--out", help="run folder for the checkpoint, config and history (local or s3://)")
-    _add_address(p, "as a Ray Train job; workers from job.num_workers, GPUs with job.use_gpu=true")
+    _add_address(p, "as a Ray Train job; workers from job.num_workers, GPUs where the cluster has them")
     _add_data_args(p)
 
     p = sub.add_parser("index", parents=[common], help="embed a collection and publish a sharded FAISS index version",

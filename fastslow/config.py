@@ -38,7 +38,7 @@ class JobConfig:
     """How a training run is placed on a Ray cluster (`python -m jobs.<name>`); `fastslow train` ignores it."""
 
     num_workers: int = 1
-    use_gpu: bool = False
+    use_gpu: bool | str = "auto"  # auto: when the cluster has GPUs (cluster/resources.py)
     cpus_per_worker: float = 1.0
     run_name: str = ""  # default: the basename of `out`; a resubmitted run with the same name resumes
     storage: str = ""  # Ray Train's storage path (local or s3://); default: <out>/ray_train
@@ -53,6 +53,9 @@ class JobConfig:
             raise FastslowError(f"job.cpus_per_worker: must be positive, got {self.cpus_per_worker}")
         if self.checkpoint_every < 0 or self.log_every < 1:
             raise FastslowError("job.checkpoint_every must be >= 0 and job.log_every >= 1")
+        from cluster.resources import check_setting
+
+        check_setting("job.use_gpu", self.use_gpu, allow_bool=True)
 
 
 @dataclass
@@ -103,12 +106,15 @@ class EmbedJobConfig:
 
     concurrency: int = 1  # Fast-embedding actors in the pool
     batch_size: int = 64  # images (or videos) per forward pass inside an actor
-    num_gpus: float = 0.0  # per actor; > 0 on GPU clusters
+    num_gpus: float | str = "auto"  # per actor; auto: 1 where the cluster has GPUs, else 0
     partition_size: int = 256  # items per partition: the unit that is written, and rerun after a failure
 
     def __post_init__(self) -> None:
-        if self.concurrency < 1 or self.batch_size < 1 or self.partition_size < 1 or self.num_gpus < 0:
-            raise FastslowError("embed: concurrency, batch_size and partition_size must be >= 1, num_gpus >= 0")
+        if self.concurrency < 1 or self.batch_size < 1 or self.partition_size < 1:
+            raise FastslowError("embed: concurrency, batch_size and partition_size must be >= 1")
+        from cluster.resources import check_setting
+
+        check_setting("embed.num_gpus", self.num_gpus)
 
 
 @dataclass

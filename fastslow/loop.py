@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from fastslow.devices import autocast, model_device
 from fastslow.errors import FastslowError
 from fastslow.losses import distributed_world
 
@@ -109,6 +110,7 @@ def fit(model: torch.nn.Module, batches: Batches, cfg, loss_fn: Callable, progre
     model.train()
     history: list[dict] = []
     bar = tqdm(total=total, initial=step, desc=desc, disable=not progress)
+    device = model_device(model)
     for epoch in range(step // per_epoch, cfg.epochs):
         for i, batch in enumerate(batches.epoch(epoch_rng(cfg.seed, epoch))):
             if i >= per_epoch:
@@ -116,7 +118,9 @@ def fit(model: torch.nn.Module, batches: Batches, cfg, loss_fn: Callable, progre
             if epoch * per_epoch + i < step:  # drawn before the interruption: skip, but keep the draws in step
                 continue
             t0 = time.perf_counter()
-            loss, metrics = loss_fn(model, batch)
+            with autocast(device):
+                loss, metrics = loss_fn(model, batch)
+            loss = loss.float()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             average_gradients(params)

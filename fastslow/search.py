@@ -16,9 +16,10 @@ import torch
 
 from fastslow.data.decode import DecodeConfig, decode_sample
 from fastslow.data.types import Sample
+from fastslow.devices import autocast, best_device
 from fastslow.errors import DecodeError, FastslowError
 from fastslow.index.publish import current_version, load_version
-from fastslow.index.shards import merge_results, search_params, search_shard
+from fastslow.index.shards import merge_results, on_gpu, search_params, search_shard
 from fastslow.models.checkpoint import read_manifest as read_checkpoint
 from fastslow.models.fast import FastModel
 from fastslow.models.slow import SlowModel
@@ -41,13 +42,15 @@ class QueryEncoder:
     def __init__(self, checkpoint: str, threads: int | None = None):
         if threads:
             torch.set_num_threads(threads)
-        self.model = load_model(checkpoint, FastModel).eval()
+        self.device = best_device()
+        self.model = load_model(checkpoint, FastModel).eval().to(self.device)
         self.weights_sha256 = read_checkpoint(checkpoint)["weights_sha256"]
         self.dim = self.model.config.embed_dim
 
     @torch.inference_mode()  # a millisecond less than no_grad per query here
     def encode(self, texts: list[str]) -> np.ndarray:
-        return self.model.encode_text(list(texts)).float().numpy()
+        with autocast(self.device):
+            return self.model.encode_text(list(texts)).float().cpu().numpy()
 
 
 class ShardSearcher:
@@ -60,8 +63,10 @@ class ShardSearcher:
         self.root, self.shard, self.version = root, shard, loaded.version
         self.num_shards = len(loaded.manifest["shards"])
         self.metric = loaded.manifest["metric"]
-        self.index, self.rows = loaded.indexes[0], loaded.rows[0]
-        self.params = search_params(self.index, nprobe, ef_search)
+        self.rows = loaded.rows[0]
+        # On a GPU where faiss-gpu and a GPU are there (nprobe then set on this process's copy), else the CPU.
+        self.index, self.gpu_resources = on_gpu(loaded.indexes[0], nprobe)
+        self.params = None if self.gpu_resources is not None else search_params(self.index, nprobe, ef_search)
         self.num_frames = index_num_frames(loaded.manifest)
         table = loaded.metadata
         # Only this shard's rows are kept (global row -> fields).
@@ -150,7 +155,8 @@ class Reranker:
                  threads: int | None = None):
         if threads:
             torch.set_num_threads(threads)
-        self.model = load_model(checkpoint, SlowModel).eval()
+        self.device = best_device()
+        self.model = load_model(checkpoint, SlowModel).eval().to(self.device)
         self.features = ItemFeatures(self.model, num_frames, cache_items)
 
     def score(self, queries: list[str], candidates: list[list[dict]]) -> list[list[float | None]]:
@@ -171,7 +177,8 @@ class Reranker:
         scores = np.zeros(grid.shape)
         if valid.any():
             # Padding and undecodable slots score item 0 and are masked out below.
-            scores = slow_score_matrix(self.model, feats, list(queries), torch.from_numpy(grid))
+            with autocast(self.device):
+                scores = slow_score_matrix(self.model, feats, list(queries), torch.from_numpy(grid))
         return [[float(scores[q, c]) if valid[q, c] else None for c in range(len(hits))]
                 for q, hits in enumerate(candidates)]
 

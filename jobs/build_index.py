@@ -96,13 +96,16 @@ def _run_pipeline(pending: list[int], plan: list[list[dict]], cfg: IndexRunConfi
     import ray.data
 
     from actors.embed import FastEmbedder, decode_partition, write_partition
+    from cluster.resources import actor_options, gpus_per_actor
     from fastslow.data.decode import DecodeConfig
 
     items = [{"partition": p, "items": json.dumps(plan[p])} for p in pending]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(decode_partition, batch_size=1,
                         fn_kwargs={"cfg": DecodeConfig(image_size=image_size, num_frames=cfg.data.num_frames)})
-    ds = ds.map_batches(FastEmbedder, batch_size=1, num_gpus=cfg.embed.num_gpus or None,
+    options = actor_options(1.0, gpus_per_actor(cfg.embed.num_gpus))
+    ds = ds.map_batches(FastEmbedder, batch_size=1, num_cpus=options["num_cpus"], num_gpus=options["num_gpus"] or None,
+                        resources=options.get("resources"),
                         fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "batch_size": cfg.embed.batch_size},
                         compute=ray.data.ActorPoolStrategy(size=cfg.embed.concurrency))
     ds = ds.map_batches(write_partition, batch_size=1, fn_kwargs={"build_dir": build_dir})
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
          "root": ("root", "where versions and CURRENT live (local or s3://)")},
         run_build, argv,
         epilog="Settings: --config YAML (configs/index_*.yaml) plus KEY=VALUE overrides, e.g. index.shards=4 "
-               "index.factory=IVF1024,PQ32 embed.concurrency=4 embed.num_gpus=1 embed.partition_size=512.",
+               "index.factory=IVF1024,PQ32 embed.concurrency=4 embed.num_gpus=auto embed.partition_size=512.",
         headline=lambda s: f"indexed {s['indexed']} of {s['read']} items read ({s['errors']} errors, listed in "
                            f"{s['errors_file']}) in {s['seconds']} s, {s['items_per_s']} items/s; "
                            f"version {s['version']} is live under {s['root']}")

@@ -192,6 +192,7 @@ def run_job(kind: str, cfg, address: str | None = None) -> dict:
 
     from actors.decode import read_split
     from cluster.connect import connect
+    from cluster.resources import use_gpu, worker_resources
     from fastslow.models.slow import build_output_vocab
     from fastslow.runs import distill_teacher, validate
 
@@ -214,14 +215,15 @@ def run_job(kind: str, cfg, address: str | None = None) -> dict:
                     for caps in batch["captions"] for c in json.loads(caps)]
         cfg.model.output_vocab = build_output_vocab(captions, cfg.model.text)
     job = cfg.job
+    gpu = use_gpu(job.use_gpu)
     name = job.run_name or storage.basename(cfg.out)
     fs, storage_path = storage.arrow_filesystem(job.storage or storage.join(cfg.out, "ray_train"))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"kind": kind, "config": dataclass_to_dict(cfg), "media": media},
-        scaling_config=ray.train.ScalingConfig(num_workers=job.num_workers, use_gpu=job.use_gpu,
-                                               resources_per_worker={"CPU": job.cpus_per_worker}),
-        torch_config=TorchConfig(backend="nccl" if job.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=job.num_workers, use_gpu=gpu,
+                                               resources_per_worker=worker_resources(job.cpus_per_worker, gpu)),
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         run_config=ray.train.RunConfig(name=name, storage_path=storage_path, storage_filesystem=fs,
                                        failure_config=ray.train.FailureConfig(max_failures=job.max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
@@ -256,4 +258,4 @@ def main(kind: str, argv: list[str] | None = None) -> int:
          "out": ("out", "run folder for the final checkpoint, history and summary")},
         lambda cfg, address: run_job(kind, cfg, address), argv,
         epilog="Settings: --config YAML plus KEY=VALUE overrides, e.g. train.epochs=5 job.num_workers=2 "
-               "job.use_gpu=true job.checkpoint_every=500.")
+               "job.use_gpu=auto (the default: GPUs where the cluster has them) job.checkpoint_every=500.")

@@ -36,6 +36,7 @@ class ServeAppConfig:
     retrieve_timeout_s: float = 5.0  # a shard slower than this is left out of the answer, which says so
     cache_items: int = 20000  # Slow item features kept per re-ranker replica
     torch_threads: int = 1  # per replica: replicas scale out, not up
+    reranker_gpus: float | str = "auto"  # per re-ranker replica; auto: 1 where the cluster has GPUs, else 0
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
@@ -46,6 +47,9 @@ class ServeAppConfig:
         if self.nprobe < 0 or self.ef_search < 0:
             raise FastslowError(f"serve: nprobe and ef_search must be 0 (default) or more, got {self.nprobe}, "
                                 f"{self.ef_search}")
+        from cluster.resources import check_setting
+
+        check_setting("serve: reranker_gpus", self.reranker_gpus)
         if self.shards < 0:
             raise FastslowError(f"serve: shards must be 0 (all) or more, got {self.shards}")
         for name in ("rerank_timeout_s", "retrieve_timeout_s"):

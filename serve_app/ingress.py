@@ -30,6 +30,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from cluster.resources import actor_options, gpus_per_actor
 from fastslow.errors import FastslowError
 from fastslow.index.publish import current_version, read_manifest
 from fastslow.log import get_logger
@@ -252,8 +253,12 @@ def build_app(args: dict) -> serve.Application:
     model_sha = fast["weights_sha256"]
     if (manifest.get("model") or {}).get("weights_sha256") != model_sha:
         raise FastslowError(f"serve: index version {version} was not built with {cfg.fast_checkpoint}")
-    retrievers = [ShardRetriever.options(name=f"ShardRetriever{s}").bind(
+    # Where each part runs: the re-ranker on a GPU where the cluster has one, the shards on CPU nodes.
+    # (A `ray_actor_options` in the YAML's deployments list still wins.)
+    retrievers = [ShardRetriever.options(name=f"ShardRetriever{s}", ray_actor_options=actor_options(0.25, 0)).bind(
         cfg, s, version, int(manifest["dim"]), model_sha) for s in range(shards)]
-    reranker = SlowReranker.bind(cfg, index_num_frames(manifest)) if cfg.slow_checkpoint else None
+    rerank_options = actor_options(0.5, gpus_per_actor(cfg.reranker_gpus))
+    reranker = (SlowReranker.options(ray_actor_options=rerank_options).bind(cfg, index_num_frames(manifest))
+                if cfg.slow_checkpoint else None)
     encoder = None if cfg.encoder_in_ingress else QueryEncoderDeployment.bind(cfg)
     return Ingress.bind(cfg, retrievers, reranker, encoder)

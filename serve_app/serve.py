@@ -31,7 +31,10 @@ def start_app(config_path: str, index_root: str, fast_checkpoint: str, slow_chec
     """
     args = {"index_root": index_root, "fast_checkpoint": fast_checkpoint, "slow_checkpoint": slow_checkpoint or "",
             **(extra_args or {})}
-    config = with_settings(load_serve_config(config_path), args=args, port=port)
+    from cluster.connect import worker_env
+
+    # The S3 endpoint and offline settings reach the replicas too (credentials never: nodes have their own chain).
+    config = with_settings(load_serve_config(config_path), args=args, port=port, env=worker_env())
     deploy(config, dashboard_address())
     url = base_url(config)
     wait_ready(url, timeout=ready_timeout_s)

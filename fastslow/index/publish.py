@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -37,6 +39,14 @@ def version_dir(root: str, version: str) -> str:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -63,12 +73,16 @@ def write_version(root: str, version: str, indexes: list, rows: list[np.ndarray]
         raise FastslowError(f"write_version: shards of different dimensions {sorted(dims)}")
     shards = []
     for s, (index, members) in enumerate(zip(indexes, rows)):
-        data = faiss.serialize_index(index).tobytes()
         rows_data = _npy_bytes(np.asarray(members, dtype=np.int64))
         name = f"shard-{s:03d}"
-        storage.write_bytes(storage.join(base, f"{name}.faiss"), data)
+        # Through a local file, uploaded in parts: a large shard is never held twice (index + its bytes).
+        with tempfile.TemporaryDirectory(prefix="fastslow-shard-") as tmp:
+            path = os.path.join(tmp, f"{name}.faiss")
+            faiss.write_index(index, path)
+            digest = _file_sha256(path)
+            storage.upload_file(path, storage.join(base, f"{name}.faiss"))
         storage.write_bytes(storage.join(base, f"{name}.rows.npy"), rows_data)
-        shards.append({"file": f"{name}.faiss", "sha256": _sha256(data), "rows_file": f"{name}.rows.npy",
+        shards.append({"file": f"{name}.faiss", "sha256": digest, "rows_file": f"{name}.rows.npy",
                        "rows_sha256": _sha256(rows_data), "count": int(index.ntotal)})
     buf = io.BytesIO()
     pq.write_table(metadata, buf)
@@ -164,8 +178,11 @@ def load_version(root: str, version: str | None = None, shards: list[int] | None
         if not 0 <= s < len(manifest["shards"]):
             raise FastslowError(f"{base}: no shard {s} (the version has {len(manifest['shards'])})")
         entry = manifest["shards"][s]
-        data = _checked(storage.join(base, entry["file"]), entry["sha256"])
-        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        uri = storage.join(base, entry["file"])
+        with storage.local_copy(uri) as path:  # streamed to a temp file from S3; read in place locally
+            if _file_sha256(path) != entry["sha256"]:
+                raise FastslowError(f"{uri}: checksum does not match the manifest (corrupted or replaced)")
+            index = faiss.read_index(path)
         members = np.load(io.BytesIO(_checked(storage.join(base, entry["rows_file"]), entry["rows_sha256"])),
                           allow_pickle=False)
         if index.d != manifest["dim"]:

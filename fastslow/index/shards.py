@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastslow.errors import FastslowError
+from fastslow.log import get_logger
+
+log = get_logger(__name__)
 
 METRICS = ("ip", "l2")
 
@@ -110,6 +113,25 @@ def search_params(index, nprobe: int | None = None, ef_search: int | None = None
     if ef_search is not None and isinstance(inner, faiss.IndexHNSW):
         return faiss.SearchParametersHNSW(efSearch=ef_search)
     return None
+
+
+def on_gpu(index, nprobe: int | None = None):
+    """(index, gpu resources): a GPU copy of `index` where faiss-gpu is installed and a GPU is visible, with its
+    nprobe set on the copy (this process's own, so no per-call parameters are needed), else `index` and None.
+    Index types FAISS cannot move to a GPU (HNSW, ...) stay on the CPU."""
+    import faiss
+
+    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+        return index, None
+    resources = faiss.StandardGpuResources()  # must outlive the GPU index: kept by the caller
+    try:
+        gpu = faiss.index_cpu_to_gpu(resources, 0, index)
+    except RuntimeError as e:
+        log.info("index stays on the CPU (%s)", str(e).splitlines()[0][:120])
+        return index, None
+    if nprobe and isinstance(faiss.downcast_index(index), faiss.IndexIVF):
+        faiss.GpuParameterSpace().set_index_parameter(gpu, "nprobe", nprobe)
+    return gpu, resources
 
 
 def search_shard(index, rows: np.ndarray, queries: np.ndarray, k: int, params=None) -> tuple[np.ndarray, np.ndarray]:

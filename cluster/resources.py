@@ -1,0 +1,64 @@
+"""What each stage asks the cluster for, in one place: GPUs where the cluster has them, CPUs otherwise.
+
+Configs say `auto` (the default) or a number; `auto` is resolved against the connected cluster when a
+job or the app starts, so one config runs on a laptop, a CPU cluster and a GPU cluster. The node types
+of ray_cluster.yaml carry custom resources (`fastslow_gpu`, `fastslow_cpu`); a stage asks for a sliver
+of its node type's resource where the cluster has it, which keeps GPU stages on GPU nodes and the
+retriever shards off them.
+"""
+
+from __future__ import annotations
+
+from fastslow.errors import FastslowError
+
+AUTO = "auto"
+GPU_NODE = "fastslow_gpu"  # custom resource of ray_cluster.yaml's GPU worker type
+CPU_NODE = "fastslow_cpu"  # ... and of its CPU worker type
+SLIVER = 0.001  # how much of a node-type resource one actor takes: placement only, no limit on count
+
+
+def check_setting(name: str, value, allow_bool: bool = False) -> None:
+    """Refuse anything but `auto`, a non-negative number (or a bool, where `allow_bool`)."""
+    if value == AUTO or (allow_bool and isinstance(value, bool)):
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise FastslowError(f"{name}: expected 'auto' or a number >= 0{' or true/false' if allow_bool else ''}, "
+                            f"got {value!r}")
+
+
+def cluster_resources() -> dict:
+    import ray
+
+    return ray.cluster_resources() if ray.is_initialized() else {}
+
+
+def cluster_gpus(resources: dict | None = None) -> float:
+    return float((cluster_resources() if resources is None else resources).get("GPU", 0))
+
+
+def use_gpu(setting, resources: dict | None = None) -> bool:
+    """Ray Train's use_gpu: the setting, or with `auto` whether the cluster has a GPU."""
+    return cluster_gpus(resources) > 0 if setting == AUTO else bool(setting)
+
+
+def gpus_per_actor(setting, resources: dict | None = None, auto_share: float = 1.0) -> float:
+    """GPUs one actor asks for: the number given, or with `auto` `auto_share` where the cluster has GPUs, else 0."""
+    if setting != AUTO:
+        return float(setting)
+    return auto_share if cluster_gpus(resources) > 0 else 0.0
+
+
+def actor_options(num_cpus: float, num_gpus: float, resources: dict | None = None) -> dict:
+    """Ray actor options of a stage: its CPUs and GPUs, plus its node type's resource where the cluster has it."""
+    have = cluster_resources() if resources is None else resources
+    node = GPU_NODE if num_gpus > 0 else CPU_NODE
+    options = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+    if node in have:
+        options["resources"] = {node: SLIVER}
+    return options
+
+
+def worker_resources(cpus: float, gpu: bool, resources: dict | None = None) -> dict:
+    """Ray Train's resources_per_worker: CPUs, plus a sliver of the GPU node type's resource where it exists."""
+    have = cluster_resources() if resources is None else resources
+    return {"CPU": cpus, **({GPU_NODE: SLIVER} if gpu and GPU_NODE in have else {})}

@@ -1,0 +1,70 @@
+"""`python -m benchmarks.gpu` on the CPU at its quick sizes, through its real entry point (no GPU, no Ray)."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from benchmarks import gpu
+
+VECTORS = 12_345  # not a multiple of the quick chunk (8192): the blocks' merge and a short last block
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu") / "gpu.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--out", str(out), "--device", "cpu", "--quick",
+                           "--vectors", str(VECTORS)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text()), out.with_suffix(".md").read_text()
+
+
+def positive(x) -> bool:
+    return isinstance(x, float) and math.isfinite(x) and x > 0
+
+
+def test_every_section_with_positive_figures(result):
+    r, markdown = result
+    assert r["device"] == "cpu" and r["device_name"] and r["torch"] == torch.__version__ and r["quick"]
+    assert r["ray_imported"] is False  # the whole run, models included, without Ray
+    emb = r["embedding"]["rows"]
+    assert [x["model"].split(":")[0].split()[0] for x in emb] == ["fast", "clip"]
+    assert all(x["precision"] == "fp32" and positive(x["images_per_s"]) for x in emb)
+    slow = r["slow_rerank"]
+    assert slow["ks"] == [20, 50, 100] and [(x["k"], x["precision"]) for x in slow["rows"]] == [
+        (20, "fp32"), (50, "fp32"), (100, "fp32")]
+    assert all(positive(x[f]) for x in slow["rows"] for f in ("pairs_per_s", "ms_per_query", "single_query_ms"))
+    search = r["exact_search"]
+    assert search["vectors"] == VECTORS and search["dim"] == 256 and search["topk"] == 10
+    assert [x["dtype"] for x in search["rows"]] == ["float32"] and search["rows"][0]["chunk"] == 8192
+    assert all(positive(x["queries_per_s"]) and positive(x["ms_per_batch"]) for x in search["rows"])
+    assert "| fast: efficientnet_lite0" in markdown and "| 100 | fp32 |" in markdown and "12,345 vectors" in markdown
+
+
+def test_exact_search_matches_numpy(result):
+    search = result[0]["exact_search"]
+    assert search["exact_check"] is True and search["top1_is_source_row"] is True
+    assert search["rows"][0]["top1_matches_numpy"] and search["rows"][0]["topk_scores_match_numpy"]
+
+
+def test_chunked_topk_equals_one_block():
+    g = torch.nn.functional.normalize(torch.randn(1000, 16), dim=1)
+    q = torch.randn(7, 16)
+    whole_v, whole_i = (q @ g.T).topk(10, dim=1)
+    for chunk in (3, 64, 999, 1000):  # blocks shorter than k, uneven, and one block
+        v, i = gpu.topk_chunked(q, g, 10, chunk)
+        assert torch.equal(i, whole_i) and torch.allclose(v, whole_v)
+
+
+def test_fast_config_is_the_tables_default():
+    from benchmarks.table_runner import DEFAULT_FAST
+
+    assert gpu.fast_config() == DEFAULT_FAST
+
+
+def test_import_needs_no_ray():
+    code = "import sys, benchmarks.gpu; assert 'ray' not in sys.modules and 'transformers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
