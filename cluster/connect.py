@@ -20,7 +20,20 @@ LOCAL_OBJECT_STORE_BYTES = 500_000_000  # a local Ray on a small machine: keep t
 
 
 WORKER_ENV_KEYS = ("AWS_ENDPOINT_URL", "FASTSLOW_S3_ENDPOINT", "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE",
-                   "TRANSFORMERS_OFFLINE")
+                   "TRANSFORMERS_OFFLINE", "FASTSLOW_STORAGE_ROOT")
+STORAGE_ROOT_ENV = "FASTSLOW_STORAGE_ROOT"
+
+
+def storage_path(uri: str) -> str:
+    """Where a path a job or the app is given lives: s3:// and absolute paths as they are; a relative path under
+    FASTSLOW_STORAGE_ROOT where it is set (a cluster's shared root, e.g. s3://bucket/fastslow, which
+    ray_cluster.yaml sets on every node), else under this process's working directory."""
+    from fastslow import storage
+
+    if storage.is_s3(uri) or os.path.isabs(uri):
+        return uri
+    root = os.environ.get(STORAGE_ROOT_ENV)
+    return storage.join(root, uri) if root else os.path.abspath(uri)
 
 
 def worker_env() -> dict[str, str]:

@@ -167,7 +167,10 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def absolute(uri: str) -> str:
-    return uri if storage.is_s3(uri) else os.path.abspath(uri)
+    """A job's path made absolute (a job's working directory is a temporary copy): see cluster.connect.storage_path."""
+    from cluster.connect import storage_path
+
+    return storage_path(uri)
 
 
 def resolve_paths(cfg) -> None:

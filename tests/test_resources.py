@@ -67,3 +67,14 @@ def test_faiss_stays_on_the_cpu_without_faiss_gpu_or_a_gpu():
     _, want = exact.search(vectors[:20], 1)
     _, got = moved.search(vectors[:20], 1, params=search_params(index, nprobe=8) if resources is None else None)
     assert (got == want).all()
+
+
+def test_relative_paths_land_under_the_cluster_storage_root(monkeypatch, tmp_path):
+    from cluster.connect import storage_path
+
+    monkeypatch.delenv("FASTSLOW_STORAGE_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert storage_path("runs/fast") == str(tmp_path / "runs" / "fast")
+    monkeypatch.setenv("FASTSLOW_STORAGE_ROOT", "s3://bucket/fastslow")
+    assert storage_path("runs/fast") == "s3://bucket/fastslow/runs/fast"
+    assert storage_path("/data/x") == "/data/x" and storage_path("s3://other/y") == "s3://other/y"
