@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from pathlib import Path
@@ -102,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-rerank", action="store_true", help="Fast order only")
     p.add_argument("--json", action="store_true", help="print the raw JSON answer")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer (default 30)")
+    p.add_argument("--api-key", default=os.environ.get("FASTSLOW_API_KEY") or None,
+                   help="sent as header X-API-Key, for an app that requires one (default: $FASTSLOW_API_KEY)")
 
     p = sub.add_parser("demo", parents=[common], help="the whole system on synthetic data: train, index, serve",
                        description="Start a local Ray, write the synthetic corpus, train Fast and Slow and distil, "
@@ -196,7 +199,7 @@ def _cmd_search(args) -> dict | None:
     from serve_app.client import format_answer, search
 
     answer = search(args.url, args.query, k=args.k, rerank=not args.no_rerank, rerank_k=args.rerank_k,
-                    timeout=args.timeout)
+                    timeout=args.timeout, api_key=args.api_key)
     if args.json:
         return answer
     print(format_answer(answer))

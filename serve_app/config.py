@@ -38,6 +38,10 @@ class ServeAppConfig:
     torch_threads: int = 1  # per replica: replicas scale out, not up
     reranker_gpus: float | str = "auto"  # per re-ranker replica; auto: 1 where the cluster has GPUs, else 0
     limits: Limits = field(default_factory=Limits)
+    # The API key is read from this environment variable of the replicas (never put the key in `args`: `serve
+    # status` shows them); unset or empty = no key (the local demo). Set it on every cluster.
+    api_key_env: str = "FASTSLOW_API_KEY"
+    max_body_bytes: int = 16 * 1024  # larger request bodies get a 413
 
     def __post_init__(self) -> None:
         if not self.index_root:
@@ -52,6 +56,8 @@ class ServeAppConfig:
         check_setting("serve: reranker_gpus", self.reranker_gpus)
         if self.shards < 0:
             raise FastslowError(f"serve: shards must be 0 (all) or more, got {self.shards}")
+        if self.max_body_bytes < 1024:
+            raise FastslowError(f"serve: max_body_bytes must be at least 1024, got {self.max_body_bytes}")
         for name in ("rerank_timeout_s", "retrieve_timeout_s"):
             if getattr(self, name) <= 0:
                 raise FastslowError(f"serve: {name} must be positive, got {getattr(self, name)}")

@@ -8,6 +8,11 @@
     GET  /readyz   200 only when every shard and the re-ranker answer
     GET  /docs     OpenAPI
 
+With an API key (the app's `api_key_env` names the replicas' environment variable holding it), every route
+but /, /healthz and /readyz needs header `X-API-Key` (401 otherwise); bodies over `max_body_bytes` get a 413
+(serve_app/guard.py). Past the ingress's max_ongoing_requests + max_queued_requests, Serve itself answers 503
+with `Retry-After` (the YAML's `backpressure_config`).
+
 One request: encode (here, or in the encoder deployment), every shard in parallel, merge, Slow
 re-scores the top rerank_k. The re-ranker failing, timing out or being overloaded degrades the
 answer to the Fast order (`degraded`, `degraded_reason`); a shard failing leaves it out (`partial`).
@@ -40,6 +45,7 @@ from fastslow.search import (QueryEncoder, index_num_frames, merge_hits, public_
 from serve_app.api import ErrorAnswer, SearchAnswer, SearchBody
 from serve_app.config import ServeAppConfig, app_config
 from serve_app.deployments import QueryEncoderDeployment, ShardRetriever, SlowReranker
+from serve_app import guard
 from serve_app.media import MediaReader, MediaRefused
 
 log = get_logger("fastslow.serve")
@@ -47,7 +53,7 @@ log = get_logger("fastslow.serve")
 PAGE = importlib.resources.files("serve_app").joinpath("static/search.html").read_text(encoding="utf-8")
 # The page may load nothing but itself and this app: no CDN, no third-party requests.
 PAGE_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
-                "Content-Security-Policy": "default-src 'self'; img-src 'self'; connect-src 'self'; "
+                "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; connect-src 'self'; "
                                            "script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'"}
 MEDIA_HEADERS = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
 NOT_CACHED = {"Cache-Control": "no-store"}
@@ -56,6 +62,7 @@ MEDIA_READS = 4  # media reads at once per ingress replica (each in a thread): t
 
 app = FastAPI(title="fastslow search", version="1",
               description="Language search over an image and video collection: Fast retrieves, Slow re-ranks.")
+app.add_middleware(guard.Guard)
 
 
 @app.exception_handler(RequestValidationError)
@@ -91,12 +98,17 @@ def _reason(e: BaseException, what: str, timeout_s: float) -> str:
 
 
 @serve.deployment(max_ongoing_requests=64, max_queued_requests=512, ray_actor_options={"num_cpus": 0.25},
-                  user_config={"index_version": ""})
+                  backpressure_config={"retry_after_s": 1}, user_config={"index_version": ""})
 @serve.ingress(app)
 class Ingress:
     def __init__(self, cfg: ServeAppConfig, retrievers: list[DeploymentHandle], reranker: DeploymentHandle | None,
                  encoder: DeploymentHandle | None):
         self.cfg, self.retrievers, self.reranker, self.encoder = cfg, retrievers, reranker, encoder
+        # Through the module, never a name imported from it: Serve pickles this class by value, and a global
+        # object it names would arrive as a copy, not the one the middleware reads.
+        guard.SETTINGS.configure(cfg.api_key_env, cfg.max_body_bytes)
+        if guard.SETTINGS.key is None:
+            log.warning("no API key: $%s is not set; every route is open (local use only)", cfg.api_key_env)
         self.local_encoder = QueryEncoder(cfg.fast_checkpoint, threads=cfg.torch_threads) if encoder is None else None
         self.version: str | None = None
         self.metric = "ip"  # the live version's, set with it: how the shards' scores merge
@@ -122,6 +134,9 @@ class Ingress:
         lim, query = self.cfg.limits, body.query.strip()
         if not query:
             raise HTTPException(422, "query: is empty")
+        if not query.isprintable() and any(0xD800 <= ord(c) <= 0xDFFF for c in query):
+            # A lone surrogate (JSON "\ud800") cannot be encoded as UTF-8: neither tokenised nor echoed back.
+            raise HTTPException(422, "query: is not valid Unicode (a lone surrogate)")
         if len(body.query) > lim.max_query_chars:
             raise HTTPException(422, f"query: {len(body.query)} characters, at most {lim.max_query_chars}")
         if not 1 <= body.k <= lim.max_k:
@@ -226,7 +241,8 @@ class Ingress:
     @app.get("/healthz")
     async def healthz(self) -> dict:
         return {"ok": True, "index_version": self.version, "shards": len(self.retrievers),
-                "reranker": self.reranker is not None, "limits": vars(self.cfg.limits)}
+                "reranker": self.reranker is not None, "limits": vars(self.cfg.limits),
+                "api_key_required": guard.SETTINGS.key is not None, "max_body_bytes": guard.SETTINGS.max_body_bytes}
 
     @app.get("/readyz", responses={503: {"description": "some part does not answer"}})
     async def readyz(self) -> JSONResponse:

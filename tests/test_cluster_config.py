@@ -38,3 +38,10 @@ def test_cluster_has_gpu_and_cpu_workers_and_installs_the_project(cluster_config
     assert types["cpu_worker"]["resources"].get("fastslow_cpu") == 1 and types["cpu_worker"]["min_workers"] >= 1
     assert sum(t["max_workers"] for t in types.values()) <= cluster_config["max_workers"]
     assert any("pip install" in c and "-e ." in c for c in cluster_config["setup_commands"])
+
+
+def test_cluster_turns_the_api_key_on_without_writing_it_down(cluster_config):
+    starts = cluster_config["head_start_ray_commands"] + cluster_config["worker_start_ray_commands"]
+    for command in (c for c in starts if "ray start" in c):
+        assert "export FASTSLOW_API_KEY=$(aws secretsmanager get-secret-value" in command
+        assert 'test -n "$FASTSLOW_API_KEY"' in command  # no key, no node: the endpoint is never open by accident
