@@ -7,6 +7,7 @@ S3 goes through boto3's standard credential chain. The endpoint can be overridde
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -254,6 +255,15 @@ def local_copy(uri: str) -> Iterator[str]:
         path = os.path.join(tmp, basename(uri) or "object")  # keep the name: some libraries read the extension
         download_file(uri, path)
         yield path
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a local file, read in chunks (never whole into memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def upload_file(local_path: str, uri: str) -> None:

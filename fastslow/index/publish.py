@@ -41,14 +41,6 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _npy_bytes(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, a, allow_pickle=False)
@@ -79,7 +71,7 @@ def write_version(root: str, version: str, indexes: list, rows: list[np.ndarray]
         with tempfile.TemporaryDirectory(prefix="fastslow-shard-") as tmp:
             path = os.path.join(tmp, f"{name}.faiss")
             faiss.write_index(index, path)
-            digest = _file_sha256(path)
+            digest = storage.file_sha256(path)
             storage.upload_file(path, storage.join(base, f"{name}.faiss"))
         storage.write_bytes(storage.join(base, f"{name}.rows.npy"), rows_data)
         shards.append({"file": f"{name}.faiss", "sha256": digest, "rows_file": f"{name}.rows.npy",
@@ -180,7 +172,7 @@ def load_version(root: str, version: str | None = None, shards: list[int] | None
         entry = manifest["shards"][s]
         uri = storage.join(base, entry["file"])
         with storage.local_copy(uri) as path:  # streamed to a temp file from S3; read in place locally
-            if _file_sha256(path) != entry["sha256"]:
+            if storage.file_sha256(path) != entry["sha256"]:
                 raise FastslowError(f"{uri}: checksum does not match the manifest (corrupted or replaced)")
             index = faiss.read_index(path)
         members = np.load(io.BytesIO(_checked(storage.join(base, entry["rows_file"]), entry["rows_sha256"])),

