@@ -153,17 +153,17 @@ class Ingress:
         except Exception as e:  # noqa: BLE001 - without a query vector there is nothing to search with
             raise HTTPException(503, _reason(e, "the query encoder", self.cfg.retrieve_timeout_s)) from None
 
-    async def _retrieve(self, vector: np.ndarray, depth: int, version: str) -> tuple[list[list[dict]], dict]:
+    async def _each_shard(self, call) -> tuple[list, dict[str, str]]:
+        """`call(handle)` on every shard at once, each within the retrieve timeout: (the answers of those that
+        answered, in shard order; shard -> why each other one did not)."""
         timeout = self.cfg.retrieve_timeout_s
-        calls = [_within(h.search.remote(vector, depth, version), timeout) for h in self.retrievers]
-        answers = await asyncio.gather(*calls, return_exceptions=True)
-        parts, failed = [], {}
-        for shard, a in enumerate(answers):
-            if isinstance(a, BaseException):
-                failed[str(shard)] = _reason(a, f"shard {shard}", timeout)
-            else:
-                parts.append(a)
-        return parts, failed
+        answers = await asyncio.gather(*[_within(call(h), timeout) for h in self.retrievers], return_exceptions=True)
+        failed = {str(s): _reason(a, f"shard {s}", timeout) for s, a in enumerate(answers)
+                  if isinstance(a, BaseException)}
+        return [a for a in answers if not isinstance(a, BaseException)], failed
+
+    async def _retrieve(self, vector: np.ndarray, depth: int, version: str) -> tuple[list[list[dict]], dict]:
+        return await self._each_shard(lambda h: h.search.remote(vector, depth, version))
 
     async def _rerank(self, query: str, head: list[dict]) -> tuple[list[float | None] | None, str | None]:
         if self.reranker is None:
@@ -210,15 +210,12 @@ class Ingress:
 
     async def _lookup(self, item_id: str, version: str) -> dict | None:
         """The item's {id, uri, media} from the shard holding it in `version`; None when no shard does."""
-        timeout = self.cfg.retrieve_timeout_s
-        answers = await asyncio.gather(*[_within(h.lookup.remote(item_id, version), timeout)
-                                         for h in self.retrievers], return_exceptions=True)
+        answers, failed = await self._each_shard(lambda h: h.lookup.remote(item_id, version))
         found = [a for a in answers if isinstance(a, dict)]
         if found:
             return found[0]
-        failed = [_reason(a, f"shard {s}", timeout) for s, a in enumerate(answers) if isinstance(a, BaseException)]
         if failed:  # the item may be in a shard that did not answer
-            raise HTTPException(503, "; ".join(failed), headers=NOT_CACHED)
+            raise HTTPException(503, "; ".join(failed.values()), headers=NOT_CACHED)
         return None
 
     @app.get("/media/{item_id:path}", responses={200: {"content": {"image/jpeg": {}, "image/png": {}}},
