@@ -23,7 +23,7 @@ import numpy as np
 from fastslow import storage
 from fastslow.config import IndexRunConfig
 from fastslow.data.types import ReadReport
-from fastslow.errors import FastslowError
+from fastslow.errors import FastslowError, user_error
 from fastslow.log import get_logger
 
 log = get_logger(__name__)
@@ -99,6 +99,8 @@ def _run_pipeline(pending: list[int], plan: list[list[dict]], cfg: IndexRunConfi
     from cluster.resources import actor_options, gpus_per_actor
     from fastslow.data.decode import DecodeConfig
 
+    # A task's own exception, not Ray Data's UserCodeException (whose cause does not survive the trip back).
+    ray.data.DataContext.get_current().raise_original_map_exception = True
     items = [{"partition": p, "items": json.dumps(plan[p])} for p in pending]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(decode_partition, batch_size=1,
@@ -109,8 +111,18 @@ def _run_pipeline(pending: list[int], plan: list[list[dict]], cfg: IndexRunConfi
                         fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "batch_size": cfg.embed.batch_size},
                         compute=ray.data.ActorPoolStrategy(size=cfg.embed.concurrency))
     ds = ds.map_batches(write_partition, batch_size=1, fn_kwargs={"build_dir": build_dir})
-    for _ in ds.iter_batches(batch_size=None):
-        pass
+    try:
+        for _ in ds.iter_batches(batch_size=None):
+            pass
+    except Exception as e:
+        # A user's error (an unreachable store, a bad checkpoint) raised in a Ray Data task arrives wrapped in
+        # Ray's exceptions and their remote tracebacks: give its one line, and say the work done is kept.
+        cause = user_error(e)
+        if cause is None:
+            raise
+        first_line = str(cause).splitlines()[0]  # Ray Data appends its retry advice to the message
+        raise FastslowError(f"{first_line}. The partitions written so far are kept: submit the same job again to "
+                            f"resume") from None
 
 
 def _collect(plan: list[list[dict]], build_dir: str):

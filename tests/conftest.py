@@ -144,3 +144,72 @@ def submit_module_job(ray_head):
     submit, stop_all = _job_submitter(ray_head)
     yield submit
     stop_all()
+
+
+@pytest.fixture(scope="session")
+def mixed_collection(tmp_path_factory):
+    """A bare folder to index: 24 images and 4 videos, plus a corrupt jpg, a truncated mp4, a pdf and a sidecar
+    caption: 31 items read, 28 indexable."""
+    from media_fixtures import make_jpeg_bytes, make_mp4_bytes, random_bytes, write_file
+
+    root = tmp_path_factory.mktemp("collection")
+    for i in range(24):  # every photo its own colour: no two items tie
+        write_file(root / f"photos/p{i:02d}.jpg", make_jpeg_bytes(40 + i, 32, (10 * i, 250 - 10 * i, 37 * i % 256)))
+    write_file(root / "photos/p00.txt", b"a red photo")
+    for i in range(4):
+        write_file(root / f"clips/c{i}.mp4", make_mp4_bytes(num_frames=8 + i))
+    write_file(root / "photos/broken.jpg", random_bytes(500))
+    write_file(root / "clips/truncated.mp4", make_mp4_bytes(num_frames=12)[:300])
+    write_file(root / "notes.pdf", b"%PDF-1.4")
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_fast_checkpoint(tmp_path_factory):
+    """A tiny Fast model's checkpoint (trained one epoch on the tiny synthetic images by the CLI)."""
+    import subprocess
+    import sys
+
+    from test_jobs_training import TINY_FAST
+
+    out = tmp_path_factory.mktemp("fastckpt")
+    data = out / "synth"
+    subprocess.run([sys.executable, "-m", "fastslow", "synth", "--out", str(data), "--size", "tiny", "--no-progress"],
+                   check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "fastslow", "train", "fast", "--data", str(data / "images"), "--out",
+                    str(out / "run"), *TINY_FAST, "train.epochs=1", "train.batch_size=8", "--no-progress"],
+                   check=True, capture_output=True, timeout=300)
+    return str(out / "run" / "checkpoint")
+
+
+FAULT_LOG_ENV = "FASTSLOW_FAULT_LOG"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item: `fault_record` writes whether the test passed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def fault_record(request):
+    """`record(kind, name, **figures)`: a row of the fault table (kind "fault" or "input"), tagged with this test
+    and, at its end, whether it passed ("survived"). Appended as JSON lines to $FASTSLOW_FAULT_LOG when set
+    (benchmarks/faults.py sets it); the test's asserts are what make a row true."""
+    import json
+
+    rows = []
+
+    def record(kind: str, name: str, **figures) -> None:
+        rows.append({"kind": kind, "name": name, **figures})
+
+    yield record
+    path = os.environ.get(FAULT_LOG_ENV)
+    report = getattr(request.node, "report_call", None)
+    if path and rows:
+        with open(path, "a") as f:
+            for row in rows:
+                f.write(json.dumps({"test": request.node.nodeid, "passed": bool(report and report.passed), **row},
+                                   default=str) + "\n")

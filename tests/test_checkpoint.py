@@ -74,14 +74,17 @@ def test_frozen_pretrained_tower_not_stored(tmp_path):
         load_checkpoint(path)
 
 
-def test_corrupted_weights_named(saved):
+@pytest.mark.faults
+@pytest.mark.timeout(60)
+def test_corrupted_weights_named(saved, fault_record):
     _, path = saved
     weights = os.path.join(path, "model.safetensors")
     data = bytearray(open(weights, "rb").read())
     data[-10] ^= 0xFF
     open(weights, "wb").write(bytes(data))
-    with pytest.raises(FastslowError, match=r"model\.safetensors: sha256 .* does not match"):
+    with pytest.raises(FastslowError, match=r"model\.safetensors: sha256 .* does not match") as refused:
         load_checkpoint(path)
+    fault_record("input", "checkpoint: one byte of the weights flipped", refused=True, message=str(refused.value))
 
 
 def _rewrite_weights(path, state):

@@ -58,8 +58,10 @@ def test_current_moves_only_to_complete_versions(root):
         write_version(root, "v1", indexes, rows, meta, spec, MODEL)
 
 
+@pytest.mark.faults
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("damage", ["checksum", "dimension", "model", "count"])
-def test_a_damaged_or_mismatched_version_is_refused(tmp_path, damage):
+def test_a_damaged_or_mismatched_version_is_refused(tmp_path, damage, fault_record):
     root = str(tmp_path / "index")
     indexes, rows, meta, spec, _ = _build()
     write_version(root, "v1", indexes, rows, meta, spec, MODEL)
@@ -80,8 +82,9 @@ def test_a_damaged_or_mismatched_version_is_refused(tmp_path, damage):
         manifest["shards"][0]["count"] += 1
         open(f"{base}/manifest.json", "w").write(json.dumps(manifest))
         needle = "manifest says"
-    with pytest.raises(FastslowError, match=needle):
+    with pytest.raises(FastslowError, match=needle) as refused:
         load_version(root, "v1", **kwargs)
+    fault_record("input", f"index version: {damage} damaged or mismatched", refused=True, message=str(refused.value))
 
 
 def test_missing_pointer_is_a_clear_error(tmp_path):

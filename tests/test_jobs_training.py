@@ -130,7 +130,10 @@ LONG_RUN = [*TINY_FAST, *TWO_WORKERS, "train.epochs=40", "train.batch_size=8", "
             "job.log_every=1"]
 
 
-def test_killed_worker_is_replaced_and_a_resubmitted_run_resumes(tiny_images, tmp_path, submit_job, ray_head):
+@pytest.mark.faults
+@pytest.mark.timeout(600)
+def test_killed_worker_is_replaced_and_a_resubmitted_run_resumes(tiny_images, tmp_path, submit_job, ray_head,
+                                                                  fault_record):
     """One run, two interruptions: a worker process killed (Ray Train replaces it), then the job stopped and
     submitted again under the same run name. Each time training restarts from the last checkpoint."""
     out = str(tmp_path / "interrupted")
@@ -165,3 +168,5 @@ def test_killed_worker_is_replaced_and_a_resubmitted_run_resumes(tiny_images, tm
     with open(os.path.join(out, "history.json")) as f:
         steps = [h["step"] for h in json.load(f)]
     assert steps == list(range(1, 81))  # the history across both restarts: every step once
+    fault_record("fault", f"training worker SIGKILLed at step 12 (resumed from step {after_kill}), then the job "
+                          f"stopped and resubmitted (resumed from step {after_stop})", injected=2, steps=80)

@@ -259,7 +259,9 @@ def test_index_version_swap_under_load_loses_no_request(app):
     wait_ready(app["url"], timeout=120, version=app["v1"])
 
 
-def test_media_serves_indexed_items_and_nothing_else(app):
+@pytest.mark.faults
+@pytest.mark.timeout(600)
+def test_media_serves_indexed_items_and_nothing_else(app, fault_record):
     status, got = post(app["url"], {"query": QUERIES[1], "k": 6, "rerank": False})
     assert status == 200, got
     meta = {r["id"]: r for r in load_version(app["root"], app["v1"]).metadata.to_pylist()}
@@ -287,6 +289,8 @@ def test_media_serves_indexed_items_and_nothing_else(app):
         assert headers["cache-control"] == "no-store" and isinstance(json.loads(body)["detail"], str), path
     status, _, body = get_raw(app["url"], media_path(app["symlink_id"]))
     assert "outside the collection" in json.loads(body)["detail"]
+    fault_record("input", "media paths: traversal, absolute, encoded, symlink out, unknown id", tried=len(refused),
+                 refused=len(refused), five_xx=0)
 
 
 def test_search_page_in_headless_chromium(app):

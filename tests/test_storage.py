@@ -101,3 +101,45 @@ def test_client_cache_is_keyed_on_endpoint(moto_endpoint, monkeypatch):
     monkeypatch.delenv("FASTSLOW_S3_ENDPOINT")
     assert storage.s3_client() is first
     assert first.meta.endpoint_url == moto_endpoint
+
+
+def test_unreachable_s3_is_storage_unavailable_never_an_item_error(monkeypatch, tmp_path):
+    """A store that refuses connections: retried, then StorageUnavailableError naming the URI and endpoint; reading
+    a sample's bytes passes it on (the run stops) instead of calling the item unreadable."""
+    from cluster.connect import free_port
+    from fastslow.data.decode import read_sample_bytes
+    from fastslow.data.types import Sample
+    from fastslow.errors import StorageUnavailableError
+
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("FASTSLOW_S3_ENDPOINT", endpoint)
+    monkeypatch.setenv(storage.MAX_ATTEMPTS_ENV, "2")
+    for call in (lambda: storage.read_bytes("s3://b/k.jpg"), lambda: storage.write_text("s3://b/k.txt", "x"),
+                 lambda: storage.upload_file(__file__, "s3://b/up.py"), lambda: storage.list_files("s3://b/p/")):
+        with pytest.raises(StorageUnavailableError, match=f"s3://b/.*: S3 endpoint {endpoint} unreachable .* 2 tries"):
+            call()
+    with pytest.raises(StorageUnavailableError):
+        read_sample_bytes(Sample(id="k", media="image", uri="s3://b/k.jpg", captions=[]))
+    monkeypatch.setenv(storage.MAX_ATTEMPTS_ENV, "none")
+    with pytest.raises(FastslowError, match="FASTSLOW_S3_MAX_ATTEMPTS='none': expected a whole number"):
+        storage.read_bytes("s3://b/k.jpg")
+
+
+def test_user_error_is_found_behind_causes_and_ray_wrapping():
+    from fastslow.errors import StorageUnavailableError, user_error
+
+    inner = StorageUnavailableError("s3://b/k: S3 endpoint x unreachable")
+
+    class RemoteWrapper(StorageUnavailableError):  # as Ray's RayTaskError(cause class): the cause inside
+        def __init__(self, cause):
+            super().__init__("Traceback (most recent call last): ...")
+            self.cause = cause
+
+    try:
+        try:
+            raise RemoteWrapper(inner)
+        except Exception as e:
+            raise RuntimeError("executor failed") from e
+    except RuntimeError as outer:
+        assert user_error(outer) is inner
+    assert user_error(ValueError("x")) is None

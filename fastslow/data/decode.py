@@ -10,7 +10,7 @@ import numpy as np
 
 from fastslow import storage
 from fastslow.data.types import Media, Sample
-from fastslow.errors import DecodeError, FastslowError
+from fastslow.errors import DecodeError, FastslowError, StorageUnavailableError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
@@ -126,13 +126,16 @@ def decode_video(data: bytes, num_frames: int, size: int) -> np.ndarray:
 
 
 def read_sample_bytes(sample: Sample) -> bytes:
-    """The sample's encoded bytes, inline or from its URI; a missing file is a DecodeError."""
+    """The sample's encoded bytes, inline or from its URI; a missing file is a DecodeError, an unreachable
+    store is not (StorageUnavailableError: the item is fine, the run must stop and be resumed)."""
     if sample.data is not None:
         return sample.data
     try:
         return storage.read_bytes(sample.uri)
     except storage.MissingFileError:
         raise DecodeError("missing file") from None
+    except StorageUnavailableError:
+        raise
     except FastslowError as e:
         raise DecodeError(f"unreadable ({str(e).removeprefix(sample.uri + ': ')})") from None
     except OSError as e:
