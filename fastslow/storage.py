@@ -5,7 +5,7 @@ S3 goes through boto3's standard credential chain. The endpoint can be overridde
 
 Requests that fail for the store's sake (connection refused or cut, timeouts, 5xx, throttling) are
 retried with boto3's standard exponential backoff, `FASTSLOW_S3_MAX_ATTEMPTS` tries in all (default
-10: rides out about half a minute of outage), then raise StorageUnavailableError, never an item error.
+10: rides out about a minute of outage), then raise StorageUnavailableError, never an item error.
 """
 
 from __future__ import annotations
