@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from tcp_outage import OutageProxy
 from test_jobs_index import build
-from test_jobs_training import wait_for
+from test_jobs_training import job_id, job_status, job_summary, wait_for
 
 from fastslow import storage
 from fastslow.index.publish import load_version, version_dir
@@ -24,14 +24,6 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
 PARTITIONS = 9  # mixed_collection's 25 images and 5 videos, by 4 (its pdf is reported at read)
 ITEMS_IN, INDEXED, REPORTED = 31, 28, 3
-
-
-def _job(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:8]}"
-
-
-def _summary(logs: str) -> dict:
-    return json.loads(logs[logs.rindex("{\n"):])
 
 
 def _written(root: str, version: str) -> int:
@@ -58,7 +50,7 @@ def _finish(client, job: str, reference: str, root: str) -> dict:
     """Wait for a resubmitted build to succeed; check it against `reference`; its summary."""
     status, logs = wait_for(client, job)
     assert status == "SUCCEEDED", logs[-4000:]
-    summary = _summary(logs)
+    summary = job_summary(logs)
     assert (summary["read"], summary["indexed"], summary["errors"]) == (ITEMS_IN, INDEXED, REPORTED)
     _same_index(reference, root)
     return summary
@@ -81,11 +73,11 @@ def _driver_pids(root: str) -> list[int]:
 @pytest.fixture(scope="module")
 def reference(mixed_collection, tiny_fast_checkpoint, tmp_path_factory, submit_module_job):
     """An uninterrupted build: (root, version)."""
-    root, job = str(tmp_path_factory.mktemp("reference") / "index"), _job("reference")
+    root, job = str(tmp_path_factory.mktemp("reference") / "index"), job_id("reference")
     client = build(submit_module_job, job, mixed_collection, tiny_fast_checkpoint, root)
     status, logs = wait_for(client, job)
     assert status == "SUCCEEDED", logs[-4000:]
-    return root, _summary(logs)["version"]
+    return root, job_summary(logs)["version"]
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -98,12 +90,12 @@ def test_index_job_killed_at_a_random_point_resumes_to_the_same_index(
     after, extra_s = rng.randint(0, PARTITIONS - 1), rng.uniform(0, 0.3)
     how = "SIGKILL of the driver" if seed % 2 else "ray job stop"
     ref_root, version = reference
-    root, first = str(tmp_path / "index"), _job(f"killed{seed}")
+    root, first = str(tmp_path / "index"), job_id(f"killed{seed}")
     # One embedding actor: partitions are written one after another, so the kill lands between any two.
     client = build(submit_job, first, mixed_collection, tiny_fast_checkpoint, root, "embed.concurrency=1")
     deadline = time.time() + 300
     while not (_driver_pids(root) and (after == 0 or _written(root, version) >= after)):
-        status = str(client.get_job_status(first)).rpartition(".")[2]
+        status = job_status(client, first)
         assert time.time() < deadline and status in ("PENDING", "RUNNING"), client.get_job_logs(first)[-3000:]
         time.sleep(0.05)
     time.sleep(extra_s)
@@ -119,7 +111,7 @@ def test_index_job_killed_at_a_random_point_resumes_to_the_same_index(
     if storage.exists(storage.join(root, "CURRENT")):  # killed after the publish: live, and whole
         _same_index(ref_root, root)
 
-    second = _job(f"resumed{seed}")
+    second = job_id(f"resumed{seed}")
     build(submit_job, second, mixed_collection, tiny_fast_checkpoint, root, "embed.concurrency=1")
     _finish(client, second, ref_root, root)
     if not published:  # the resubmitted job embedded only the partitions the killed one had not written
@@ -152,7 +144,7 @@ def _outage_once_written(s3, client, job: str, root: str, partitions: int = 2) -
     """Take S3 down once `partitions` partitions of the job are written; the job's version."""
     deadline, version = time.time() + 300, None
     while version is None or _written(root, version) < partitions:
-        status = str(client.get_job_status(job)).rpartition(".")[2]
+        status = job_status(client, job)
         assert time.time() < deadline and status in ("PENDING", "RUNNING"), client.get_job_logs(job)[-3000:]
         found = re.search(r"version (v-[0-9a-f]+): \d+ partitions", client.get_job_logs(job))
         version = found and found.group(1)
@@ -163,7 +155,7 @@ def _outage_once_written(s3, client, job: str, root: str, partitions: int = 2) -
 
 def test_short_s3_outage_is_ridden_out_by_retries(s3_setup, reference, tiny_fast_checkpoint, submit_job,
                                                   fault_record):
-    s3, root, job = s3_setup, f"{s3_setup['bucket']}/short", _job("s3-short")
+    s3, root, job = s3_setup, f"{s3_setup['bucket']}/short", job_id("s3-short")
     client = build(submit_job, job, s3["data"], tiny_fast_checkpoint, root, "embed.concurrency=1",
                    runtime_env=json.dumps({"env_vars": s3["env"]}))
     refused_before = s3["proxy"].refused
@@ -179,12 +171,13 @@ def test_short_s3_outage_is_ridden_out_by_retries(s3_setup, reference, tiny_fast
     assert refused > 0  # the outage did meet requests, and they were retried
     summary = _finish(client, job, reference[0], root)  # the same items and vectors as the local build's
     fault_record("fault", f"S3 endpoint down {down_s:.0f} s mid-job (retried)", injected=1,
-                 refused_connections=refused, items_in=summary["read"], indexed=summary["indexed"], reported=summary["errors"], foreign_ids=0)
+                 refused_connections=refused, items_in=summary["read"], indexed=summary["indexed"],
+                 reported=summary["errors"], foreign_ids=0)
 
 
 def test_long_s3_outage_fails_in_one_line_and_resumes(s3_setup, reference, tiny_fast_checkpoint, submit_job,
                                                       fault_record):
-    s3, root, job = s3_setup, f"{s3_setup['bucket']}/long", _job("s3-long")
+    s3, root, job = s3_setup, f"{s3_setup['bucket']}/long", job_id("s3-long")
     # Few tries: the outage outlasts them (the default, 10 tries, rides out about a minute).
     env = {**s3["env"], "FASTSLOW_S3_MAX_ATTEMPTS": "2"}
     client = build(submit_job, job, s3["data"], tiny_fast_checkpoint, root, "embed.concurrency=1",
@@ -202,7 +195,7 @@ def test_long_s3_outage_fails_in_one_line_and_resumes(s3_setup, reference, tiny_
     written = _written(root, version)
     assert 2 <= written < PARTITIONS
 
-    again = _job("s3-again")
+    again = job_id("s3-again")
     build(submit_job, again, s3["data"], tiny_fast_checkpoint, root, "embed.concurrency=1",
           runtime_env=json.dumps({"env_vars": s3["env"]}))
     summary = _finish(client, again, reference[0], root)

@@ -6,13 +6,12 @@ and VATEX files with bad entries (each entry reported); and annotation files bro
 
 import json
 import struct
-import uuid
 import zlib
 
 import pytest
 from media_fixtures import make_jpeg_bytes, make_mp4_bytes, make_png_bytes, random_bytes, write_file
 from test_jobs_index import build
-from test_jobs_training import wait_for
+from test_jobs_training import job_id, job_summary, wait_for
 
 from fastslow import cli, storage
 from fastslow.config import IndexRunConfig, load_config
@@ -44,6 +43,11 @@ BAD_MEDIA = {
     "truncated.mp4": (make_mp4_bytes(num_frames=12)[:400], ("corrupt video", "no frames")),
     "text.mp4": (b"not a video at all\n" * 50, ("corrupt video",)),
 }
+def item_id(name: str) -> str:
+    """The id the manifest gives a file: its name with the dot made an underscore (good0.png -> good0_png)."""
+    return name.replace(".", "_")
+
+
 GOOD = {f"good{i}.png": make_png_bytes(32, 32, (60 * i, 200 - 40 * i, 90)) for i in range(4)}
 GOOD |= {f"clip{i}.mp4": make_mp4_bytes(num_frames=6 + i) for i in range(2)}
 
@@ -55,10 +59,8 @@ def hostile(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile")
     for name, data in {**GOOD, **{n: d for n, (d, _) in BAD_MEDIA.items()}}.items():
         write_file(root / "media" / name, data)
-    expected = {name.rsplit(".", 1)[0].replace(".", "_") + "_" + name.rsplit(".", 1)[1]: why
-                for name, (_, why) in BAD_MEDIA.items()}
-    lines = [json.dumps({"id": f"{n.rsplit('.', 1)[0]}_{n.rsplit('.', 1)[1]}", "uri": f"media/{n}",
-                         "caption": f"item {n}"}) for n in [*GOOD, *BAD_MEDIA]]
+    expected = {item_id(name): why for name, (_, why) in BAD_MEDIA.items()}
+    lines = [json.dumps({"id": item_id(n), "uri": f"media/{n}", "caption": f"item {n}"}) for n in [*GOOD, *BAD_MEDIA]]
     lines.append(json.dumps({"id": "missing_jpg", "uri": "media/missing.jpg", "caption": "gone"}))
     expected["missing_jpg"] = ("missing file",)
     lines.append(json.dumps({"id": "good0_png", "uri": "media/good1.png", "caption": "a second good0"}))
@@ -75,17 +77,17 @@ def hostile(tmp_path_factory):
 def test_hostile_collection_is_indexed_or_reported_item_by_item(hostile, tiny_fast_checkpoint, tmp_path, submit_job,
                                                                 fault_record):
     manifest, expected, lines, good = hostile
-    root, job = str(tmp_path / "index"), f"hostile-{uuid.uuid4().hex[:8]}"
+    root, job = str(tmp_path / "index"), job_id("hostile")
     client = build(submit_job, job, manifest, tiny_fast_checkpoint, root)
     status, logs = wait_for(client, job)
     assert status == "SUCCEEDED", logs[-4000:]
-    summary = json.loads(logs[logs.rindex("{\n"):])
+    summary = job_summary(logs)
     assert (summary["read"], summary["indexed"]) == (lines, good)
     assert summary["read"] == summary["indexed"] + summary["errors"]  # nothing lost
 
     loaded = load_version(root)
     indexed = loaded.metadata.column("id").to_pylist()
-    assert sorted(indexed) == sorted(f"{n.rsplit('.', 1)[0]}_{n.rsplit('.', 1)[1]}" for n in GOOD)
+    assert sorted(indexed) == sorted(map(item_id, GOOD))
     errors = [json.loads(line) for line in storage.read_text(
         storage.join(version_dir(root, loaded.version), "errors.jsonl")).splitlines()]
     by_id = {}

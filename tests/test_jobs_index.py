@@ -6,11 +6,10 @@ equals one flat index over the same vectors. Builds killed mid-way and resubmitt
 """
 
 import json
-import uuid
 
 import numpy as np
 import pytest
-from test_jobs_training import wait_for
+from test_jobs_training import job_id, job_summary, wait_for
 
 from fastslow.index.publish import current_version, load_version
 from fastslow.index.shards import IndexSpec, build_shards, search_all
@@ -24,11 +23,11 @@ def build(submit_job, job, collection, checkpoint, root, *extra, runtime_env=Non
 
 def test_index_job_indexes_everything_or_reports_it(mixed_collection, tiny_fast_checkpoint, tmp_path, submit_job):
     collection, fast_checkpoint = mixed_collection, tiny_fast_checkpoint
-    root, job = str(tmp_path / "index"), f"index-{uuid.uuid4().hex[:8]}"
+    root, job = str(tmp_path / "index"), job_id("index")
     client = build(submit_job, job, collection, fast_checkpoint, root)
     status, logs = wait_for(client, job)
     assert status == "SUCCEEDED", logs[-4000:]
-    summary = json.loads(logs[logs.rindex("{\n"):])
+    summary = job_summary(logs)
     assert (summary["read"], summary["indexed"], summary["errors"]) == (31, 28, 3)
     assert "indexed 28 of 31 items read (3 errors" in logs
 

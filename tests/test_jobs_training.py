@@ -37,15 +37,26 @@ def tiny_images(tmp_path_factory):
     return str(out / "images")
 
 
-def _job_id(name: str) -> str:
+def job_id(name: str) -> str:
+    """A unique submission id starting with `name`."""
     return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def job_status(client, job_id: str) -> str:
+    """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
+    return str(client.get_job_status(job_id)).rpartition(".")[2]
+
+
+def job_summary(logs: str) -> dict:
+    """The JSON summary a job prints last."""
+    return json.loads(logs[logs.rindex("{\n"):])
 
 
 def wait_for(client, job_id: str, timeout: float = 400, until_log: str | None = None) -> tuple[str, str]:
     """Poll a job until it ends (or, with `until_log`, until that text is in its logs); (status, logs)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        status = str(client.get_job_status(job_id)).rpartition(".")[2]
+        status = job_status(client, job_id)
         logs = client.get_job_logs(job_id)
         if until_log is not None and until_log in logs:
             return status, logs
@@ -61,7 +72,7 @@ def _summary(out) -> dict:
 
 
 def test_fast_job_on_two_workers_writes_a_loadable_checkpoint(tiny_images, tmp_path, submit_job):
-    out, job = str(tmp_path / "fast"), _job_id("fast")
+    out, job = str(tmp_path / "fast"), job_id("fast")
     client = submit_job(job, "jobs.train_fast", "--data", tiny_images, "--out", out, *TINY_FAST, *TWO_WORKERS,
                         "train.epochs=3", "train.batch_size=8", "job.log_every=1")
     status, logs = wait_for(client, job)
@@ -86,7 +97,7 @@ def test_slow_then_distill_jobs_with_everything_on_s3(tiny_images, tmp_path, sub
     reaches the job through its runtime env, as it would for MinIO."""
     env = json.dumps({"env_vars": {"AWS_ENDPOINT_URL": moto_endpoint}})
     slow_out, student_out = f"{s3_bucket}/runs/slow", f"{s3_bucket}/runs/student"
-    job = _job_id("slow")
+    job = job_id("slow")
     client = submit_job(job, "jobs.train_slow", "--data", tiny_images, "--out", slow_out, *TINY_SLOW, *TWO_WORKERS,
                         "train.epochs=2", "train.batch_size=8", runtime_env=env)
     status, logs = wait_for(client, job)
@@ -97,7 +108,7 @@ def test_slow_then_distill_jobs_with_everything_on_s3(tiny_images, tmp_path, sub
     assert summary["val"]["gallery"] == 10 and summary["ray_checkpoint"].startswith(f"{slow_out}/ray_train/")
     assert storage.list_files(f"{slow_out}/ray_train", suffixes="model.safetensors")  # Ray Train's copies
 
-    job = _job_id("distill")
+    job = job_id("distill")
     client = submit_job(job, "jobs.distill", "--data", tiny_images, "--out", student_out, *TINY_FAST, *TWO_WORKERS,
                         f"teacher={slow_out}/checkpoint", "train.neighbours=1", "train.epochs=2", "train.batch_size=8",
                         runtime_env=env)
@@ -111,7 +122,7 @@ def test_slow_then_distill_jobs_with_everything_on_s3(tiny_images, tmp_path, sub
 
 
 def test_distill_job_with_a_missing_teacher_fails_in_one_line(tiny_images, tmp_path, submit_job):
-    job = _job_id("bad-teacher")
+    job = job_id("bad-teacher")
     client = submit_job(job, "jobs.distill", "--data", tiny_images, "--out", str(tmp_path / "s"), *TINY_FAST,
                         f"teacher={tmp_path}/nowhere")
     status, logs = wait_for(client, job, timeout=120)
@@ -138,7 +149,7 @@ def test_killed_worker_is_replaced_and_a_resubmitted_run_resumes(tiny_images, tm
     submitted again under the same run name. Each time training restarts from the last checkpoint."""
     out = str(tmp_path / "interrupted")
     args = ["--data", tiny_images, "--out", out, *LONG_RUN, "job.run_name=resumable"]
-    first = _job_id("first")
+    first = job_id("first")
     client = submit_job(first, "jobs.train_fast", *args)
     status, logs = wait_for(client, first, until_log="step 12/")
     assert status == "RUNNING", logs[-3000:]
@@ -152,7 +163,7 @@ def test_killed_worker_is_replaced_and_a_resubmitted_run_resumes(tiny_images, tm
     client.stop_job(first)
     assert wait_for(client, first, timeout=120)[0] == "STOPPED"
 
-    second = _job_id("second")
+    second = job_id("second")
     submit_job(second, "jobs.train_fast", *args)
     status, logs = wait_for(client, second)
     assert status == "SUCCEEDED", logs[-4000:]

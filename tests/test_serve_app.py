@@ -19,14 +19,13 @@ import time
 import urllib.error
 import urllib.request
 import urllib.parse
-import uuid
 
 import numpy as np
 import pytest
 from browser import chromium
 from conftest import REPO
 from PIL import Image
-from test_jobs_training import TINY_FAST, TINY_SLOW, wait_for
+from test_jobs_training import TINY_FAST, TINY_SLOW, job_id, job_summary, wait_for
 
 from cluster.connect import free_port
 from fastslow.index.publish import load_version
@@ -54,12 +53,12 @@ def stack(tmp_path_factory, submit_module_job):
          "train.epochs=3", "train.batch_size=16")
     fast, root, versions = str(out / "fast" / "checkpoint"), str(out / "index"), []
     for extra in ([], ["split=test"]):
-        job = f"serve-index-{uuid.uuid4().hex[:8]}"
+        job = job_id("serve-index")
         client = submit_module_job(job, "jobs.build_index", "--data", str(data / "images"), "--checkpoint", fast,
                             "--root", root, "index.shards=2", *extra)
         status, logs = wait_for(client, job)
         assert status == "SUCCEEDED", logs[-3000:]
-        versions.append(json.loads(logs[logs.rindex("{\n"):])["version"])
+        versions.append(job_summary(logs)["version"])
     return {"fast": fast, "slow": str(out / "slow" / "checkpoint"), "root": root, "v1": versions[0],
             "v2": versions[1], "images": str(data / "images"), "slash_id": slash_id, "symlink_id": symlink_id}
 

@@ -349,11 +349,12 @@ def _stream_through_kill(guarded: dict, body: bytes, dashboard: str, deployment:
         assert killed, f"no live {deployment} replica"
         # A replica that was still starting (the autoscaler may be adding one) escapes the kill and answers:
         # kill again until an answer shows the fault, a few rounds at most.
+        hurt_seen = lambda: any(hurt(a) for t, a in list(answers) if t > killed_at)  # noqa: E731
         for _ in range(5):
             round_end = time.monotonic() + 5
-            while time.monotonic() < round_end and not any(hurt(a) for t, a in list(answers) if t > killed_at):
+            while time.monotonic() < round_end and not hurt_seen():
                 time.sleep(0.2)
-            if any(hurt(a) for t, a in list(answers) if t > killed_at):
+            if hurt_seen():
                 break
             killed += _kill_replicas(dashboard, deployment)
         deadline, after = killed_at + timeout_s, []
