@@ -43,13 +43,13 @@ BAD_MEDIA = {
     "truncated.mp4": (make_mp4_bytes(num_frames=12)[:400], ("corrupt video", "no frames")),
     "text.mp4": (b"not a video at all\n" * 50, ("corrupt video",)),
 }
+GOOD = {f"good{i}.png": make_png_bytes(32, 32, (60 * i, 200 - 40 * i, 90)) for i in range(4)}
+GOOD |= {f"clip{i}.mp4": make_mp4_bytes(num_frames=6 + i) for i in range(2)}
+
+
 def item_id(name: str) -> str:
     """The id the manifest gives a file: its name with the dot made an underscore (good0.png -> good0_png)."""
     return name.replace(".", "_")
-
-
-GOOD = {f"good{i}.png": make_png_bytes(32, 32, (60 * i, 200 - 40 * i, 90)) for i in range(4)}
-GOOD |= {f"clip{i}.mp4": make_mp4_bytes(num_frames=6 + i) for i in range(2)}
 
 
 @pytest.fixture(scope="module")
