@@ -169,8 +169,10 @@ def test_search_page_asks_for_the_key_in_headless_chromium(guarded):
         expect(page.locator(".tile")).to_have_count(8, timeout=60_000)
         deadline, imgs = time.time() + 60, page.locator(".tile img")
         # <img> cannot send the key: the page fetches each image with it and shows a blob: URL.
-        while not imgs.evaluate_all("i => i.every(x => x.src.startsWith('blob:') && x.complete && x.naturalWidth > 0)"):
-            assert time.time() < deadline, imgs.evaluate_all("i => i.map(x => [x.src, x.complete, x.naturalWidth])")
+        shown = "x => x.src.startsWith('blob:') && x.complete && x.naturalWidth > 0"
+        while not imgs.evaluate_all(f"i => i.every({shown})"):
+            missing = imgs.evaluate_all(f"i => i.filter(x => !({shown})).map(x => [x.alt, x.src, x.complete])")
+            assert time.time() < deadline, missing
             time.sleep(0.2)
     assert not errors, errors
 
