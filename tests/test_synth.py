@@ -247,3 +247,33 @@ def test_rerun_in_place_drops_stale_items(tmp_path):
         [im["filename"] for im in _images(summary)] + ["dataset_synth.json"]
     )
     assert summary["images"] == {"train": 5, "val": 0, "test": 0}
+
+
+def test_uncaptioned_images_are_a_bare_folder_and_leave_the_splits_as_they_were(runs, tmp_path):
+    from fastslow.data.decode import DecodeConfig
+    from fastslow.data.folder import FolderReader
+    from fastslow.data.loaded import load_split
+
+    out = str(tmp_path / "u")
+    summary = write_dataset(SynthConfig(seed=0, n_uncaptioned=6, **SIZES), out, progress=False)
+    assert summary["images"]["uncaptioned"] == 6
+    # The captioned splits are those of the same seed without uncaptioned images, file for file.
+    without = runs[0]
+    assert _images(summary) == _images(without)
+    for im in _images(summary):
+        assert _bytes(os.path.join(out, "images", im["filename"])) == _bytes(
+            os.path.join(without["out_dir"], "images", im["filename"]))
+    folder = os.path.join(out, "images_uncaptioned")
+    names = sorted(os.listdir(folder))
+    assert len(names) == 6 and all(n.endswith(".png") for n in names)  # no captions beside them
+    assert not set(names) & {im["filename"] for im in _images(summary)}
+    loaded = load_split(FolderReader(folder), None, DecodeConfig(image_size=32), progress=False)
+    assert len(loaded.ids) == 6 and loaded.captions == [[]] * 6 and not loaded.report.problems
+    # New scenes, not copies of the captioned images.
+    captioned = {_bytes(os.path.join(out, "images", im["filename"])) for im in _images(summary)}
+    assert not {_bytes(os.path.join(folder, n)) for n in names} & captioned
+    # Rewritten without them: none is left behind.
+    write_dataset(SynthConfig(seed=0, **SIZES), out, progress=False)
+    assert not [n for n in os.listdir(folder) if n.endswith(".png")]
+    with pytest.raises(FastslowError, match="n_uncaptioned must be >= 0"):
+        write_dataset(SynthConfig(n_uncaptioned=-1), str(tmp_path / "x"), progress=False)

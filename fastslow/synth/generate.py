@@ -18,7 +18,9 @@ from fastslow.synth import captions as cap
 from fastslow.synth import motion, scenes
 
 SPLITS = ("train", "val", "test")
+UNCAPTIONED = "uncaptioned"  # images drawn like the train split's, written without captions (images_uncaptioned/)
 FORMAT_VERSION = 1
+MEDIA_DIRS = ("images", "videos", "images_uncaptioned")
 _GENERATED = re.compile(r"^(\d{5,}\.png|v\d{5,}\.mp4)$")
 
 
@@ -33,6 +35,7 @@ class SynthConfig:
     n_train_videos: int = 1200
     n_val_videos: int = 100
     n_test_videos: int = 200
+    n_uncaptioned: int = 0  # images for distillation's transfer set (fastslow/teacher_captions.py)
     captions_per_item: int = 5
     image_size: int = 96
     video_size: int = 64
@@ -49,7 +52,7 @@ class SynthConfig:
 
     def validate(self) -> None:
         """Raise FastslowError naming the first bad parameter."""
-        counts = ("n_train", "n_val", "n_test", "n_train_videos", "n_val_videos", "n_test_videos")
+        counts = ("n_train", "n_val", "n_test", "n_train_videos", "n_val_videos", "n_test_videos", "n_uncaptioned")
         for name in counts:
             if getattr(self, name) < 0:
                 raise FastslowError(f"synth: {name} must be >= 0, got {getattr(self, name)}")
@@ -75,15 +78,16 @@ class SynthConfig:
 def _plan(cfg: SynthConfig, media: str) -> list[dict]:
     """Every item of one medium, split by split, group by group; all randomness is drawn here, sequentially."""
     if media == "image":
-        counts = (cfg.n_train, cfg.n_val, cfg.n_test)
+        splits = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test, UNCAPTIONED: cfg.n_uncaptioned}
         kinds, keys = ("original", *cfg.image_twins), scenes.group_keys()
         n_slots = cap.MAX_IMAGE_CAPTIONS
     else:
-        counts = (cfg.n_train_videos, cfg.n_val_videos, cfg.n_test_videos)
+        splits = dict(zip(SPLITS, (cfg.n_train_videos, cfg.n_val_videos, cfg.n_test_videos)))
         kinds, keys = ("original", *cfg.video_twins), motion.group_keys()
         n_slots = cap.MAX_VIDEO_CAPTIONS
     items, group = [], 0
-    for split_index, (split, n) in enumerate(zip(SPLITS, counts)):
+    # The uncaptioned images come last, with their own stream: the other splits stay as they were without them.
+    for split_index, (split, n) in enumerate(splits.items()):
         # One stream per (medium, split): a split's first groups stay the same when its size changes.
         rng = np.random.default_rng([cfg.seed, 0 if media == "image" else 1, split_index])
         # Keys are used without repetition until exhausted, so no two groups of a
@@ -153,11 +157,12 @@ def _prepare(out_dir: str, subdirs: list[str]) -> None:
     """Create the output folders; refuse a non-empty folder that is not an earlier synth output."""
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.exists(os.path.join(out_dir, "synth.json")):
         raise FastslowError(f"synth: {out_dir} is not empty and holds no synth.json; choose an empty folder")
-    for sub in subdirs:
+    for sub in MEDIA_DIRS:
         path = os.path.join(out_dir, sub)
-        os.makedirs(path, exist_ok=True)
+        if sub in subdirs:
+            os.makedirs(path, exist_ok=True)
         # Rewriting an earlier output: drop its media files so no stale item outlives it.
-        for name in os.listdir(path):
+        for name in os.listdir(path) if os.path.isdir(path) else ():
             if _GENERATED.match(name):
                 os.remove(os.path.join(path, name))
 
@@ -174,8 +179,11 @@ def write_dataset(cfg: SynthConfig, out_dir: str, progress: bool = True, workers
     if workers < 1:
         raise FastslowError(f"synth: workers must be >= 1, got {workers}")
     t0 = time.perf_counter()
-    images, videos = _plan(cfg, "image"), _plan(cfg, "video")
-    _prepare(out_dir, [d for d, its in (("images", images), ("videos", videos)) if its])
+    planned, videos = _plan(cfg, "image"), _plan(cfg, "video")
+    images = [it for it in planned if it["split"] != UNCAPTIONED]
+    uncaptioned = [it for it in planned if it["split"] == UNCAPTIONED]
+    _prepare(out_dir, [d for d, its in (("images", images), ("videos", videos), ("images_uncaptioned", uncaptioned))
+                       if its])
     summary: dict = {"out_dir": out_dir, "seed": cfg.seed, "files": {}}
     if images:
         directory = os.path.join(out_dir, "images")
@@ -198,6 +206,10 @@ def write_dataset(cfg: SynthConfig, out_dir: str, progress: bool = True, workers
         path = os.path.join(directory, "dataset_synth.json")
         _dump(path, {"dataset": "synth", "images": entries})
         summary["files"]["images"] = path
+    if uncaptioned:  # a bare folder of PNGs, read like any collection to index (fastslow/data/folder.py)
+        directory = os.path.join(out_dir, "images_uncaptioned")
+        _run(_tasks(uncaptioned, "image", directory, cfg), len(uncaptioned), "uncaptioned images", progress, workers)
+        summary["files"]["images_uncaptioned"] = directory
     if videos:
         directory = os.path.join(out_dir, "videos")
         _run(_tasks(videos, "video", directory, cfg), len(videos), "videos", progress, workers)
@@ -214,6 +226,8 @@ def write_dataset(cfg: SynthConfig, out_dir: str, progress: bool = True, workers
     for media, its in (("images", images), ("videos", videos)):
         summary[media] = {s: sum(it["split"] == s for it in its) for s in SPLITS}
         summary[f"{media[:-1]}_groups"] = {s: len({it["group"] for it in its if it["split"] == s}) for s in SPLITS}
+    if uncaptioned:
+        summary["images"][UNCAPTIONED] = len(uncaptioned)
     record = {
         "generator": "fastslow.synth",
         "format_version": FORMAT_VERSION,
