@@ -18,7 +18,14 @@ def test_tiny_table_has_the_rows_and_files(tmp_path):
     table = json.loads(out.read_text())
     rows = {(r["modality"], r["method"]): r for r in table["rows"]}
     methods = {"chance", "fast", "slow", "fast_distilled"}
-    assert set(rows) == {(m, x) for m in ("image", "video") for x in methods | {"fast+slow", "fast_distilled+slow"}}
+    assert set(rows) == {(m, x) for m in ("image", "video") for x in methods | {"fast+slow", "fast_distilled+slow"}} | {
+        ("image", "fast_teacher_captions")}
+    # Fast over the 40 captioned train images plus 20 uncaptioned ones captioned by Slow, on the same test queries.
+    captioned = rows[("image", "fast_teacher_captions")]
+    assert captioned["captioned_items"] == 40 and captioned["teacher_captioned_items"] == 20
+    assert (captioned["queries"], captioned["gallery"]) == (100, 20)
+    assert "fast_teacher_captions: Fast's schedule over the captioned train images plus 20 uncaptioned" in "".join(
+        table["notes"])
     for method in ("fast+slow", "fast_distilled+slow"):
         assert sorted(r["k"] for r in table["rows"] if r["method"] == method and r["modality"] == "image") == [2, 5]
     # Re-ranking only reorders the top K: R@K (here R@5 at K=5) is the first stage's.
