@@ -8,7 +8,7 @@ training captions), Slow scores the shortlist, and the item keeps the captions w
 
 Measured once (quick synthetic images, seed 0, R@1 on the test queries): Fast on the 4,000
 captioned images 62.96; plus 4,000 uncaptioned images captioned this way 66.76; plus the same
-images with their true captions 66.40.
+images with their true captions 66.40, or with Fast's own top 3 captions (no teacher) 64.56.
 """
 
 from __future__ import annotations
