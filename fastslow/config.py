@@ -14,6 +14,7 @@ from fastslow.index.shards import IndexSpec
 from fastslow.models.config import FastConfig, dataclass_from_dict, dataclass_to_dict
 from fastslow.models.slow import SlowConfig
 from fastslow.slow_training import SlowTrainConfig
+from fastslow.teacher_captions import TeacherCaptionConfig
 from fastslow.training import FastTrainConfig
 
 T = TypeVar("T")
@@ -88,14 +89,24 @@ class DistillTrainConfig(FastTrainConfig):
 
 
 @dataclass
+class TransferSetConfig(TeacherCaptionConfig):
+    """Uncaptioned items the teacher captions for the student (fastslow/teacher_captions.py); off while `items` is empty."""
+
+    items: str = ""  # a folder, dataset file or s3:// prefix; captions it may have are not used
+    fast: str = ""  # the Fast checkpoint that shortlists each item's captions from the training captions
+
+
+@dataclass
 class DistillRunConfig:
-    """A Fast student trained with a frozen Slow teacher's soft targets over nearest-neighbour batches."""
+    """A Fast student trained with a frozen Slow teacher's soft targets over nearest-neighbour batches,
+    optionally over a transfer set of uncaptioned items captioned by the teacher."""
 
     teacher: str = ""  # the Slow checkpoint (local or s3://)
     model: FastConfig = field(default_factory=FastConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: DistillTrainConfig = field(default_factory=DistillTrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    transfer: TransferSetConfig = field(default_factory=TransferSetConfig)
     out: str = "runs/fast_distilled"
     job: JobConfig = field(default_factory=JobConfig)
 

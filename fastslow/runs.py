@@ -25,6 +25,7 @@ from fastslow.models.slow import SlowModel
 from fastslow.rerank import fast_topk, fuse_scores, reranked_ranks
 from fastslow.slow_training import (SlowBatches, evaluate_slow, make_slow_model, slow_features, slow_loss,
                                     slow_score_matrix)
+from fastslow.teacher_captions import add_teacher_captioned
 from fastslow.training import FastBatches, FastRetrieval, embed_split, evaluate_fast, fast_loss
 
 log = get_logger(__name__)
@@ -103,6 +104,10 @@ def distill_teacher(cfg) -> SlowModel:
     if cfg.train.neighbours < 1:
         raise FastslowError(f"train.neighbours={cfg.train.neighbours}: distillation needs neighbour batches "
                             "(>= 1), or no batch holds a caption's teacher-scored candidates")
+    if cfg.transfer.items and not cfg.transfer.fast:
+        raise FastslowError("transfer.items is set but transfer.fast is not: pass transfer.fast=PATH, the Fast "
+                            "checkpoint that shortlists each uncaptioned item's captions")
+    cfg.transfer.validate()
     return load_model(cfg.teacher, SlowModel)
 
 
@@ -140,11 +145,42 @@ def run_training(kind: str, cfg, progress: bool = True) -> dict:
     if teacher is not None and teacher.config.vision.image_size != cfg.model.vision.image_size:
         teacher_pixels = load_data_split(cfg.data, cfg.data.train_split, teacher.config.vision.image_size,
                                          progress).pixels
+    summary = {"train_items": len(train.ids), **({"teacher": cfg.teacher} if kind == "distill" else {})}
+    if kind == "distill" and cfg.transfer.items:
+        train, teacher_pixels, summary["transfer"] = add_transfer_set(cfg, train, teacher, teacher_pixels, progress)
     run = prepare_training(kind, cfg, train, progress, teacher, teacher_pixels)
     history = run.fit(cfg.train, progress)
-    summary = {"train_items": len(train.ids), **({"teacher": cfg.teacher} if kind == "distill" else {})}
     summary.update(validate(kind, cfg, run.model, progress))
     return _finish_run(cfg, run.model, history, summary, started)
+
+
+def add_transfer_set(cfg, train: LoadedSplit, teacher: SlowModel, teacher_pixels: np.ndarray | None,
+                     progress: bool = True) -> tuple[LoadedSplit, np.ndarray | None, dict]:
+    """The training split plus `cfg.transfer.items` captioned by the teacher (from the shortlist of the Fast
+    checkpoint `cfg.transfer.fast`), the teacher's pixels to match, and a summary of the transfer set."""
+    t = cfg.transfer  # checked by distill_teacher
+    shortlister = load_model(t.fast, FastModel)
+    size, teacher_size = cfg.model.vision.image_size, teacher.config.vision.image_size
+    if shortlister.config.vision.image_size != size:
+        raise FastslowError(f"transfer.fast {t.fast}: its image size {shortlister.config.vision.image_size} differs "
+                            f"from the student's {size}; shortlist with a Fast model of the student's size")
+    data = DataConfig(path=t.items, media=cfg.data.media, num_frames=cfg.data.num_frames)
+    items = load_data_split(data, None, size, progress)
+    write_report(items.report, storage.join(cfg.out, "skipped_transfer.jsonl"))
+    if not items.ids:
+        raise FastslowError(f"transfer.items {t.items}: no readable items ({items.report.summary()})")
+    if items.media != train.media:
+        raise FastslowError(f"transfer.items {t.items}: holds {items.media}s, the training split {train.media}s")
+    # The teacher sees the items at its own size, as it sees the training split (`teacher_pixels`).
+    seen = items.pixels if teacher_pixels is None else load_data_split(data, None, teacher_size, progress).pixels
+    both, captions = add_teacher_captioned(train, items.pixels, shortlister, teacher,
+                                           slow_features(teacher, seen, progress=progress), t, progress=progress)
+    if teacher_pixels is not None:
+        teacher_pixels = np.concatenate([teacher_pixels, seen])
+    per_item = round(sum(map(len, captions)) / len(captions), 2)
+    log.info("transfer set: %d items captioned by the teacher (%.2f captions each)", len(items.ids), per_item)
+    return both, teacher_pixels, {"items": len(items.ids), "skipped": len(items.report.problems),
+                                  "captions_per_item": per_item}
 
 
 def validate(kind: str, cfg, model, progress: bool = True) -> dict:

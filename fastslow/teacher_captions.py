@@ -86,3 +86,13 @@ def with_extra_items(split: LoadedSplit, pixels: np.ndarray, captions: list[list
     return LoadedSplit(media=split.media, ids=split.ids + [f"{prefix}{i}" for i in range(len(pixels))],
                        uris=split.uris + [""] * len(pixels), pixels=np.concatenate([split.pixels, pixels]),
                        captions=split.captions + captions, report=split.report)
+
+
+def add_teacher_captioned(split: LoadedSplit, pixels: np.ndarray, fast, teacher, features: torch.Tensor,
+                          cfg: TeacherCaptionConfig = TeacherCaptionConfig(), prefix: str = "transfer/",
+                          progress: bool = False) -> tuple[LoadedSplit, list[list[str]]]:
+    """`split` plus uncaptioned items (`pixels`, teacher `features`) captioned by the teacher from `split`'s
+    captions, and those captions."""
+    pool = sorted({c for caps in split.captions for c in caps})
+    captions = teacher_captions(fast, teacher, features, pixels, pool, cfg, progress=progress)
+    return with_extra_items(split, pixels, captions, prefix), captions

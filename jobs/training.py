@@ -204,6 +204,9 @@ def run_job(kind: str, cfg, address: str | None = None) -> dict:
         raise FastslowError("data.path is not set: pass --data PATH (a dataset file, folder or s3:// prefix)")
     resolve_paths(cfg)
     if kind == "distill":
+        if cfg.transfer.items:
+            raise FastslowError("transfer.items: the Ray job does not caption a transfer set yet; run "
+                                "`fastslow train distill` with transfer.items and transfer.fast, or leave them empty")
         teacher = distill_teacher(cfg)  # a wrong teacher fails before any data is read
         if teacher.config.vision.image_size != cfg.model.vision.image_size:
             raise FastslowError(f"teacher {cfg.teacher}: its image size {teacher.config.vision.image_size} differs "

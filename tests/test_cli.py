@@ -119,7 +119,39 @@ def test_slow_distill_and_rerank_through_the_cli(tiny_synth, tmp_path):
     assert everything["k"] == 40 and everything["r1"] > 3 * everything["chance"]["r1"], everything
 
 
-@pytest.mark.parametrize("case", ["no_teacher", "fast_as_teacher", "no_neighbours"])
+def test_distill_over_a_transfer_set_of_uncaptioned_images(tiny_synth, tmp_path):
+    """`transfer.items`: uncaptioned images join the training set with captions the teacher chose."""
+    import shutil
+
+    data = str(tiny_synth / "images")
+    uncaptioned = tmp_path / "uncaptioned"
+    uncaptioned.mkdir()
+    for i in range(1, 13):  # 12 readable images without captions, and one that is not an image
+        shutil.copy(tiny_synth / "images" / f"{i:05d}.png", uncaptioned / f"shot_{i}.png")
+    (uncaptioned / "broken.png").write_bytes(b"not a png")
+    slow = json.loads(fastslow("train", "slow", "--data", data, "--out", str(tmp_path / "slow"), "train.epochs=2",
+                               "train.batch_size=8", "model.vision.kind=tiny_cnn", "model.vision.image_size=32",
+                               "model.vision.trainable=true", "model.dim=32", "model.ffn=64").stdout)
+    fast_args = ["--data", data, *TINY_MODEL, "train.epochs=2", "train.batch_size=8", "train.neighbours=1"]
+    fast = json.loads(fastslow("train", "fast", "--out", str(tmp_path / "fast"), *fast_args).stdout)
+    student = json.loads(fastslow("train", "distill", "--out", str(tmp_path / "student"), *fast_args,
+                                  f"teacher={slow['checkpoint']}", f"transfer.items={uncaptioned}",
+                                  f"transfer.fast={fast['checkpoint']}", "transfer.most=2").stdout)
+    transfer = student["transfer"]
+    assert transfer["items"] == 12 and transfer["skipped"] == 1 and 1 <= transfer["captions_per_item"] <= 2
+    skipped = [json.loads(line) for line in (tmp_path / "student" / "skipped_transfer.jsonl").read_text().splitlines()]
+    assert [s["uri"].endswith("broken.png") for s in skipped] == [True]
+    # 40 captioned + 12 teacher-captioned images: more steps per epoch than Fast over the 40 alone.
+    assert student["train_items"] == 40 and student["steps"] > fast["steps"]
+    # Videos cannot join images: one line naming the transfer set.
+    proc = fastslow("train", "distill", "--out", str(tmp_path / "student2"), *fast_args, f"teacher={slow['checkpoint']}",
+                    f"transfer.items={tiny_synth / 'videos'}", f"transfer.fast={fast['checkpoint']}", check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert last.startswith("fastslow train: error: transfer.items") and "holds videos" in last, proc.stderr
+
+
+@pytest.mark.parametrize("case", ["no_teacher", "fast_as_teacher", "no_neighbours", "transfer_without_fast"])
 def test_distill_refuses_bad_settings_in_one_line(case, tiny_synth, tmp_path):
     data = str(tiny_synth / "images")
     args = ["--data", data, *TINY_MODEL, "train.epochs=1", "train.batch_size=8"]
@@ -128,6 +160,8 @@ def test_distill_refuses_bad_settings_in_one_line(case, tiny_synth, tmp_path):
         args, needle = [*args, f"teacher={fast['checkpoint']}"], "expected a Slow checkpoint"
     elif case == "no_neighbours":
         args, needle = [*args, f"teacher={tmp_path}", "train.neighbours=0"], "neighbours"
+    elif case == "transfer_without_fast":
+        args, needle = [*args, f"teacher={tmp_path}", f"transfer.items={tmp_path}"], "transfer.fast is not"
     else:
         needle = "teacher is not set"
     proc = fastslow("train", "distill", "--out", str(tmp_path / "student"), *args, check=False)

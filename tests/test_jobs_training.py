@@ -121,12 +121,17 @@ def test_slow_then_distill_jobs_with_everything_on_s3(tiny_images, tmp_path, sub
     assert not os.path.exists(os.path.join(tmp_path, "runs"))
 
 
-def test_distill_job_with_a_missing_teacher_fails_in_one_line(tiny_images, tmp_path, submit_job):
-    job = job_id("bad-teacher")
+@pytest.mark.parametrize("case", ["missing_teacher", "transfer_set"])
+def test_distill_job_with_bad_settings_fails_in_one_line(case, tiny_images, tmp_path, submit_job):
+    # The transfer set is captioned by `fastslow train distill` only: the job says so instead of ignoring it.
+    settings, needle = {"missing_teacher": ([f"teacher={tmp_path}/nowhere"], "nowhere"),
+                        "transfer_set": ([f"teacher={tmp_path}/nowhere", f"transfer.items={tiny_images}",
+                                          f"transfer.fast={tmp_path}/fast"], "transfer.items")}[case]
+    job = job_id(f"bad-{case.replace('_', '-')}")
     client = submit_job(job, "jobs.distill", "--data", tiny_images, "--out", str(tmp_path / "s"), *TINY_FAST,
-                        f"teacher={tmp_path}/nowhere")
+                        *settings)
     status, logs = wait_for(client, job, timeout=120)
-    assert status == "FAILED" and "error:" in logs and "Traceback" not in logs, logs[-2000:]
+    assert status == "FAILED" and "error:" in logs and needle in logs and "Traceback" not in logs, logs[-2000:]
 
 
 def _train_worker_pids(address: str) -> list[int]:
