@@ -1,9 +1,12 @@
 """Runs the rows of the benchmark table: one place that knows the sizes, models and schedules.
 
 Per modality: train Fast; train Slow; evaluate Fast, Slow over the whole gallery,
-Fast then Slow at several K, and Fast distilled from Slow (same batches and
-schedule as Fast, plus the soft-target term). Every row ranks the same queries
-(every caption of the test split) against the same gallery (the test items).
+Fast then Slow at several K, and Fast distilled from Slow. Distilled Fast has
+Fast's batches and schedule plus the soft-target term; for images with a transfer
+set (`TableSpec.uncaptioned`) it is instead Fast over the captioned images plus
+uncaptioned ones captioned by Slow, and the soft-target student stays as the row
+`fast_soft_targets`. Every row ranks the same queries (every caption of the test
+split) against the same gallery (the test items).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.model_cache import ModelCache, split_fingerprint
 from fastslow.config import DataConfig
 from fastslow.distill import DistillationLoss, DistillConfig, precompute_teacher
 from fastslow.eval import chance_metrics, evaluate_embeddings, metrics_from_ranks, ranks_of_true
@@ -25,7 +29,7 @@ from fastslow.models.slow import SlowConfig
 from fastslow.runs import load_data_split, rerank_embedded
 from fastslow.slow_training import SlowTrainConfig, make_slow_model, slow_features, slow_score_matrix, train_slow
 from fastslow.synth import ensure_synth
-from fastslow.teacher_captions import TeacherCaptionConfig, teacher_captions, with_extra_items
+from fastslow.teacher_captions import TeacherCaptionConfig, add_teacher_captioned
 from fastslow.training import FastBatches, FastTrainConfig, embed_split, train_fast
 
 log = get_logger(__name__)
@@ -46,7 +50,7 @@ class TableSpec:
     ks: tuple[int, ...] = RERANK_KS
     slow_train_video: SlowTrainConfig | None = None  # videos' schedule when it differs from images'
     teacher_captions: TeacherCaptionConfig = field(default_factory=TeacherCaptionConfig)
-    uncaptioned: int = 0  # training-distribution images without captions, for the fast_teacher_captions row
+    uncaptioned: int = 0  # training-distribution images without captions: the transfer set of images' fast_distilled
 
 
 # The offline default: pretrained EfficientNet-Lite0 (frozen) with trained heads over the mid-level map's
@@ -66,6 +70,8 @@ SLOW_VIDEOS = SlowTrainConfig(epochs=25)
 TINY_VISION = VisionTowerConfig(kind="tiny_cnn", image_size=32, trainable=True, width=16)
 TINY_TEXT = TextTowerConfig(kind="tiny_transformer", trainable=True, width=32, depth=1, heads=2)
 # Neighbour batches: +5 R@1 for Fast on quick images, and the distillation term needs them.
+# As many uncaptioned images as captioned ones (quick and full train on 4,000): the measured setting.
+TRANSFER_IMAGES = 4000
 FAST_SCHEDULE = FastTrainConfig(epochs=60, batch_size=256, warmup_steps=50, lr=1e-3, neighbours=3)
 
 SIZES = {
@@ -76,9 +82,9 @@ SIZES = {
         slow_train=SlowTrainConfig(epochs=2, batch_size=16, warmup_steps=2),
         ks=(2, 5), uncaptioned=20),
     "quick": TableSpec(fast=DEFAULT_FAST, fast_train=FAST_SCHEDULE, slow=DEFAULT_SLOW, slow_train=SLOW_IMAGES,
-                       slow_train_video=SLOW_VIDEOS),
+                       slow_train_video=SLOW_VIDEOS, uncaptioned=TRANSFER_IMAGES),
     "full": TableSpec(fast=DEFAULT_FAST, fast_train=FAST_SCHEDULE, slow=DEFAULT_SLOW, slow_train=SLOW_IMAGES,
-                      slow_train_video=SLOW_VIDEOS),
+                      slow_train_video=SLOW_VIDEOS, uncaptioned=TRANSFER_IMAGES),
 }
 
 
@@ -99,30 +105,50 @@ def row(modality: str, method: str, k, metrics: dict, ms: float | None, queries:
             "ms_per_query": None if ms is None else round(ms, 4), "queries": queries, "gallery": gallery}
 
 
-def run_modality(spec: TableSpec, seed: int, root: Path, modality: str, progress: bool) -> list[dict]:
-    """Train the models on one modality and return its table rows."""
+def run_modality(spec: TableSpec, seed: int, root: Path, modality: str, progress: bool,
+                 models_dir: Path | None = None, retrain: bool = False) -> list[dict]:
+    """Train the models on one modality (or reuse them from `models_dir`) and return its table rows."""
     data = data_config(root, modality)
     size = spec.fast.vision.image_size
     train = load_data_split(data, "train", size, progress)
     test = load_data_split(data, "test", size, progress)
     fast_train = replace(spec.fast_train, seed=seed)
+    transfer = modality == "image" and spec.uncaptioned > 0
+    extra = load_data_split(DataConfig(path=str(root / "images_uncaptioned"), num_frames=NUM_FRAMES), None, size,
+                            progress) if transfer else None
+    cache = ModelCache(models_dir, {"spec": repr(spec), "seed": seed, "modality": modality,
+                                    "train": split_fingerprint(train),
+                                    "uncaptioned": extra and split_fingerprint(extra)}, retrain)
 
-    fast = FastModel(spec.fast)
-    batches = FastBatches(fast, train, fast_train, progress)
-    _, fast_seconds = timed(train_fast, fast, train, fast_train, progress, batches=batches)
-    emb = embed_split(fast, test, progress=progress)
-    q, n = len(emb.texts), len(test.ids)
-    fast_result = evaluate_embeddings(emb.queries, emb.gallery, emb.true_index)
-    fast_ms = fast_result.ms_per_query + emb.encode_ms_per_query
-    chance = chance_metrics(n)
-    rows = [row(modality, "chance", None, chance, None, q, n), row(modality, "fast", None, fast_result.metrics, fast_ms, q, n)]
-    log.info("%s fast: R@1 %.1f (trained in %.0f s)", modality, fast_result.metrics["r1"], fast_seconds)
-
+    # Batches come from an untrained Fast (their neighbours are the visual tower's before training). Every
+    # model starts from the seed, so a model trained now equals the one a cache would give.
     torch.manual_seed(seed)
-    slow = make_slow_model(spec.slow, batches.texts)
-    train_features = slow_features(slow, train.pixels, progress=progress)
+    batches = FastBatches(FastModel(spec.fast), train, fast_train, progress)
+
+    def fresh_fast(**kwargs):
+        torch.manual_seed(seed)
+        model = FastModel(spec.fast)
+        train_fast(model, train, fast_train, progress, batches=batches, **kwargs)
+        return model
+
+    fast, fast_seconds = cache.model("fast", fresh_fast)
+    n = len(test.ids)
+    fast_row, emb, fast_ranks = evaluated_row(modality, "fast", fast, test, None, progress)
+    rows = [row(modality, "chance", None, chance_metrics(n), None, len(emb.texts), n), fast_row]
+    log.info("%s fast: R@1 %.1f (trained in %s s)", modality, fast_row["r1"], fast_seconds)
+
     slow_train = spec.slow_train_video if modality == "video" and spec.slow_train_video else spec.slow_train
-    _, slow_seconds = timed(train_slow, slow, train, replace(slow_train, seed=seed), progress, features=train_features)
+    train_features = None
+
+    def fresh_slow():
+        nonlocal train_features
+        torch.manual_seed(seed)
+        model = make_slow_model(spec.slow, batches.texts)
+        train_features = slow_features(model, train.pixels, progress=progress)
+        train_slow(model, train, replace(slow_train, seed=seed), progress, features=train_features)
+        return model
+
+    slow, slow_seconds = cache.model("slow", fresh_slow)
     gallery_features = slow_features(slow, test.pixels)
     # Slow over the whole gallery costs Q x N decoder passes: it ranks one caption per item (the first),
     # and the other rows are reported on those same queries too (`*_same_queries` keys) for a like-for-like check.
@@ -131,57 +157,69 @@ def run_modality(spec: TableSpec, seed: int, root: Path, modality: str, progress
     everything = torch.arange(n).expand(len(subset), n)
     slow_all, slow_all_s = timed(slow_score_matrix, slow, gallery_features, sub_texts, everything, progress=progress)
     slow_metrics = metrics_from_ranks(ranks_of_true(slow_all, sub_true))
+    fast_row["r1_same_queries"] = round(metrics_from_ranks(fast_ranks[subset])["r1"], 2)
     rows.append(row(modality, "slow", None, slow_metrics, 1000 * slow_all_s / len(subset), len(subset), n))
-    fast_ranks = ranks_of_true(emb.queries.double() @ emb.gallery.double().T, emb.true_index)
-    rows[1]["r1_same_queries"] = round(metrics_from_ranks(fast_ranks[subset])["r1"], 2)
-    log.info("%s slow: R@1 %.1f (trained in %.0f s, %.1f ms/query over all)", modality, slow_metrics["r1"],
+    log.info("%s slow: R@1 %.1f (trained in %s s, %.1f ms/query over all)", modality, slow_metrics["r1"],
              slow_seconds, 1000 * slow_all_s / len(subset))
 
     rows += rerank_rows(modality, "fast+slow", spec.ks, emb, fast_ranks, slow, gallery_features, subset, n)
 
-    table, teacher_s = timed(precompute_teacher, slow, train_features, batches.texts, batches.caption_item,
-                             batches.neighbour_table, progress=progress)
-    student = FastModel(spec.fast)
-    _, distill_seconds = timed(train_fast, student, train, fast_train, progress,
-                               loss_fn=DistillationLoss(table, spec.distill), batches=batches)
-    student_emb = embed_split(student, test)
-    distilled = evaluate_embeddings(student_emb.queries, student_emb.gallery, student_emb.true_index)
-    rows.append(row(modality, "fast_distilled", None, distilled.metrics,
-                    distilled.ms_per_query + student_emb.encode_ms_per_query, q, n))
-    student_ranks = ranks_of_true(student_emb.queries.double() @ student_emb.gallery.double().T, student_emb.true_index)
-    rows[-1]["r1_same_queries"] = round(metrics_from_ranks(student_ranks[subset])["r1"], 2)
+    def soft_targets():
+        # The teacher's features of the training items: the ones Slow trained on, or computed now.
+        features = train_features if train_features is not None else slow_features(slow, train.pixels,
+                                                                                    progress=progress)
+        table = precompute_teacher(slow, features, batches.texts, batches.caption_item, batches.neighbour_table,
+                                   progress=progress)
+        return fresh_fast(loss_fn=DistillationLoss(table, spec.distill))
+
+    soft, soft_seconds = cache.model("fast_soft_targets", soft_targets)
+    # With a transfer set the soft-target student is the ablation row; without one it is the distilled Fast.
+    soft_row, soft_emb, soft_ranks = evaluated_row(modality, "fast_soft_targets" if transfer else "fast_distilled",
+                                                   soft, test, subset, progress)
+    rows.append(soft_row)
+    log.info("%s fast, soft targets: R@1 %.1f (trained in %s s)", modality, soft_row["r1"], soft_seconds)
+    if transfer:
+        student, student_seconds = cache.model(
+            "fast_teacher_captions", lambda: train_on_teacher_captions(spec, train, extra, fast, slow, fast_train,
+                                                                       progress))
+        distilled_row, student_emb, student_ranks = evaluated_row(modality, "fast_distilled", student, test, subset,
+                                                                  progress)
+        distilled_row.update(captioned_items=len(train.ids), teacher_captioned_items=len(extra.ids))
+        rows.append(distilled_row)
+        log.info("%s fast distilled (teacher captions): R@1 %.1f (trained in %s s)", modality, distilled_row["r1"],
+                 student_seconds)
+    else:
+        student_emb, student_ranks = soft_emb, soft_ranks
     # The paper's full system: the distilled Fast retrieves, Slow re-ranks.
     rows += rerank_rows(modality, "fast_distilled+slow", spec.ks, student_emb, student_ranks, slow, gallery_features,
                         subset, n)
-    log.info("%s fast distilled: R@1 %.1f (teacher table %.0f s, trained in %.0f s)", modality,
-             distilled.metrics["r1"], teacher_s, distill_seconds)
-    if modality == "image" and spec.uncaptioned:
-        rows.append(teacher_captions_row(spec, train, test, fast, slow, fast_train, root / "images_uncaptioned",
-                                         subset, progress))
     return rows
 
 
-def teacher_captions_row(spec: TableSpec, train, test, fast, slow, fast_train: FastTrainConfig, uncaptioned: Path,
-                         subset: np.ndarray, progress: bool) -> dict:
-    """Fast trained on the captioned items plus uncaptioned ones captioned by Slow (from Fast's shortlist)."""
-    extra = load_data_split(DataConfig(path=str(uncaptioned), num_frames=NUM_FRAMES), None,
-                            spec.fast.vision.image_size, progress)
-    pool = sorted({c for caps in train.captions for c in caps})
-    captions, caption_s = timed(teacher_captions, fast, slow, slow_features(slow, extra.pixels), extra.pixels, pool,
-                                spec.teacher_captions, progress=progress)
-    both = with_extra_items(train, extra.pixels, captions, prefix="uncaptioned/")
-    student = FastModel(spec.fast)
-    _, seconds = timed(train_fast, student, both, fast_train, progress)
-    emb = embed_split(student, test)
+def evaluated_row(modality: str, method: str, model: FastModel, test, subset: np.ndarray | None, progress: bool):
+    """A Fast model's row on the test split (with R@1 on Slow's queries, `subset`, when given), its embeddings,
+    and the rank of each query's true item."""
+    emb = embed_split(model, test, progress=progress)
     result = evaluate_embeddings(emb.queries, emb.gallery, emb.true_index)
-    out = row("image", "fast_teacher_captions", None, result.metrics, result.ms_per_query + emb.encode_ms_per_query,
-              len(emb.texts), len(test.ids))
     ranks = ranks_of_true(emb.queries.double() @ emb.gallery.double().T, emb.true_index)
-    out.update(r1_same_queries=round(metrics_from_ranks(ranks[subset])["r1"], 2), captioned_items=len(train.ids),
-               teacher_captioned_items=len(extra.ids))
-    log.info("image fast + teacher captions: R@1 %.1f (%d items captioned by Slow in %.0f s, trained in %.0f s)",
-             result.metrics["r1"], len(extra.ids), caption_s, seconds)
-    return out
+    out = row(modality, method, None, result.metrics, result.ms_per_query + emb.encode_ms_per_query, len(emb.texts),
+              len(test.ids))
+    if subset is not None:
+        out["r1_same_queries"] = round(metrics_from_ranks(ranks[subset])["r1"], 2)
+    return out, emb, ranks
+
+
+def train_on_teacher_captions(spec: TableSpec, train, extra, fast, slow, fast_train: FastTrainConfig,
+                              progress: bool) -> FastModel:
+    """Fast trained on the captioned items plus the uncaptioned `extra` captioned by Slow (from Fast's shortlist)."""
+    (both, captions), caption_s = timed(add_teacher_captioned, train, extra.pixels, fast, slow,
+                                        slow_features(slow, extra.pixels), spec.teacher_captions,
+                                        prefix="uncaptioned/", progress=progress)
+    log.info("%d uncaptioned images captioned by Slow in %.0f s (%.1f captions each)", len(extra.ids), caption_s,
+             sum(map(len, captions)) / max(1, len(captions)))
+    student = FastModel(spec.fast)
+    train_fast(student, both, fast_train, progress)
+    return student
 
 
 def rerank_rows(modality: str, method: str, ks, emb, fast_ranks: np.ndarray, slow, gallery_features: torch.Tensor,
@@ -195,13 +233,15 @@ def rerank_rows(modality: str, method: str, ks, emb, fast_ranks: np.ndarray, slo
     return rows
 
 
-def run_table(size: str, seed: int, root: Path, modalities: list[str], progress: bool = True) -> tuple[list[dict], list[str]]:
-    """All rows of the table for the given size, and the notes printed under it."""
+def run_table(size: str, seed: int, root: Path, modalities: list[str], progress: bool = True,
+              models_dir: Path | None = None, retrain: bool = False) -> tuple[list[dict], list[str]]:
+    """All rows of the table for the given size, and the notes printed under it. Trained models are kept in
+    (and reused from) `models_dir` unless it is None; `retrain` trains them all again."""
     spec = SIZES[size]
     ensure_synth(root, seed=seed, size=size, progress=progress, overrides=[f"n_uncaptioned={spec.uncaptioned}"])
     rows = []
     for modality in modalities:
-        rows += run_modality(spec, seed, root, modality, progress)
+        rows += run_modality(spec, seed, root, modality, progress, models_dir, retrain)
     notes = [
         "Every caption of the test split is a query; the gallery is the test split's items, each scene with its "
         "swapped-attribute and swapped-relation twins (videos: time-reversed, colour- and direction-swapped twins).",
@@ -214,16 +254,17 @@ def run_table(size: str, seed: int, root: Path, modalities: list[str], progress:
         f"Fast: {describe_fast(spec.fast)}; batches with {spec.fast_train.neighbours} nearest neighbours per anchor.",
         f"Slow: caption likelihood read in both directions ({spec.slow.directions}), decoder {spec.slow.layers}x"
         f"{spec.slow.dim}, fine-grained map {'on' if spec.slow.fine_grained else 'off'}, vision {spec.slow.vision.kind}.",
-        f"fast_distilled: Fast's batches and schedule plus the soft-target term (weight {spec.distill.weight}, "
+        f"Soft targets: Fast's batches and schedule plus the soft-target term (weight {spec.distill.weight}, "
         f"temperature {spec.distill.temperature}) over each caption's batch items among its item's "
-        f"{spec.fast_train.neighbour_pool} nearest neighbours, scored by Slow once before training.",
+        f"{spec.fast_train.neighbour_pool} nearest neighbours, scored by Slow once before training: the "
+        f"fast_distilled row of videos" + (", fast_soft_targets of images." if spec.uncaptioned else " and images."),
     ]
     if spec.uncaptioned:
         notes.append(
-            f"fast_teacher_captions: Fast's schedule over the captioned train images plus {spec.uncaptioned} uncaptioned "
-            f"ones, each captioned by Slow: Fast shortlists {spec.teacher_captions.shortlist} of the training captions, "
-            f"the image keeps those within {spec.teacher_captions.within} nat of Slow's best (at most "
-            f"{spec.teacher_captions.most}).")
+            f"fast_distilled (images): Fast's schedule over the captioned train images plus {spec.uncaptioned} "
+            f"uncaptioned ones, each captioned by Slow (the transfer set): Fast shortlists "
+            f"{spec.teacher_captions.shortlist} of the training captions, the image keeps those within "
+            f"{spec.teacher_captions.within} nat of Slow's best (at most {spec.teacher_captions.most}).")
     return rows, notes
 
 
@@ -256,7 +297,7 @@ def plot_table(rows: list[dict], path: Path) -> None:
                 if reranked:
                     ax.plot(ks, [r[key] for r in reranked], style, label=name)
             for method, style in (("slow", "r--"), ("fast", "k:"), ("fast_distilled", "g-."),
-                                  ("fast_teacher_captions", "b-.")):
+                                  ("fast_soft_targets", "b-.")):
                 if method in ref and ref[method][key] is not None:
                     ax.axhline(ref[method][key], color=style[0], linestyle=style[1:], label=method)
             ax.set_xscale("log")

@@ -11,21 +11,25 @@ ROW_KEYS = {"modality", "method", "k", "r1", "r5", "r10", "median_rank", "ms_per
 
 def test_tiny_table_has_the_rows_and_files(tmp_path):
     out = tmp_path / "table.json"
+    models = tmp_path / "models"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.paper_table", "--tiny", "--out", str(out),
-                           "--data-dir", str(tmp_path / "data"), "--no-progress"],
+                           "--data-dir", str(tmp_path / "data"), "--models-dir", str(models), "--no-progress"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = json.loads(out.read_text())
     rows = {(r["modality"], r["method"]): r for r in table["rows"]}
     methods = {"chance", "fast", "slow", "fast_distilled"}
     assert set(rows) == {(m, x) for m in ("image", "video") for x in methods | {"fast+slow", "fast_distilled+slow"}} | {
-        ("image", "fast_teacher_captions")}
-    # Fast over the 40 captioned train images plus 20 uncaptioned ones captioned by Slow, on the same test queries.
-    captioned = rows[("image", "fast_teacher_captions")]
-    assert captioned["captioned_items"] == 40 and captioned["teacher_captioned_items"] == 20
-    assert (captioned["queries"], captioned["gallery"]) == (100, 20)
-    assert "fast_teacher_captions: Fast's schedule over the captioned train images plus 20 uncaptioned" in "".join(
-        table["notes"])
+        ("image", "fast_soft_targets")}
+    # Images: Fast distilled over the 40 captioned train images plus 20 uncaptioned ones captioned by Slow (the
+    # transfer set), the soft-target term alone as its own row; videos have no transfer set.
+    distilled = rows[("image", "fast_distilled")]
+    assert distilled["captioned_items"] == 40 and distilled["teacher_captioned_items"] == 20
+    assert (distilled["queries"], distilled["gallery"]) == (100, 20)
+    assert "teacher_captioned_items" not in rows[("video", "fast_distilled")]
+    notes = "".join(table["notes"])
+    assert "fast_distilled (images): Fast's schedule over the captioned train images plus 20 uncaptioned" in notes
+    assert "the fast_distilled row of videos, fast_soft_targets of images." in notes
     for method in ("fast+slow", "fast_distilled+slow"):
         assert sorted(r["k"] for r in table["rows"] if r["method"] == method and r["modality"] == "image") == [2, 5]
     # Re-ranking only reorders the top K: R@K (here R@5 at K=5) is the first stage's.
@@ -46,8 +50,19 @@ def test_tiny_table_has_the_rows_and_files(tmp_path):
     assert "| image | fast |" in markdown and "| video | chance |" in markdown and "| video | fast+slow | 5 |" in markdown
     assert out.with_suffix(".png").stat().st_size > 10_000
 
-    # A rerun reuses the generated data instead of writing it again.
-    again = subprocess.run([sys.executable, "-m", "benchmarks.paper_table", "--tiny", "--out", str(out),
-                            "--data-dir", str(tmp_path / "data"), "--no-progress", "--modalities", "image"],
-                           capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "reusing the synthetic benchmark" in again.stderr
+    # A rerun reuses the generated data and the trained models (4 of images: fast, slow, the two students), and
+    # gives the same rows; --retrain trains them again, from the same seed. Videos keep 3 (no transfer set).
+    first = [r for r in table["rows"] if r["modality"] == "image"]
+    for extra, reused in (([], 4), (["--retrain"], 0)):
+        again = subprocess.run([sys.executable, "-m", "benchmarks.paper_table", "--tiny", "--out", str(out),
+                                "--data-dir", str(tmp_path / "data"), "--models-dir", str(models), "--no-progress",
+                                "--modalities", "image", *extra], capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0 and "reusing the synthetic benchmark" in again.stderr, again.stderr[-3000:]
+        assert again.stderr.count(f"from {models}/") == reused, again.stderr[-3000:]
+        rows_again = json.loads(out.read_text())["rows"]
+        assert [strip_timing(r) for r in rows_again] == [strip_timing(r) for r in first]
+    assert len(list(models.iterdir())) == 4 + 3 and not list(models.glob("*.partial"))
+
+
+def strip_timing(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "ms_per_query"}

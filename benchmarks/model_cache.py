@@ -1,0 +1,58 @@
+"""Trained models of the benchmark table kept between runs, reused when what trained them is the same.
+
+The key covers the size's whole spec, the seed, the modality and the bytes of the training data (ids,
+captions, pixels, and the uncaptioned images when there are any), so the quick and full sizes, which
+share their training splits, share their models, and any change to a config or the data trains anew.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from fastslow.data.loaded import LoadedSplit
+from fastslow.log import get_logger
+from fastslow.models.checkpoint import load_checkpoint, save_checkpoint
+
+log = get_logger(__name__)
+
+
+def split_fingerprint(split: LoadedSplit) -> str:
+    """sha256 of a split's ids, captions and pixels."""
+    h = hashlib.sha256(json.dumps([split.ids, split.captions]).encode())
+    h.update(split.pixels.tobytes())
+    return h.hexdigest()
+
+
+class ModelCache:
+    """Checkpoints under `root/<key>-<name>`; `root=None` keeps nothing, `retrain=True` overwrites."""
+
+    def __init__(self, root: Path | None, key_parts: dict, retrain: bool = False):
+        self.root, self.retrain = root, retrain
+        self.key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def model(self, name: str, train: Callable[[], torch.nn.Module]) -> tuple[torch.nn.Module, float | None]:
+        """The cached model `name`, or `train()`'s (then saved); and the seconds training took (None: reused)."""
+        path = None if self.root is None else self.root / f"{self.key}-{name}"
+        if path is not None and not self.retrain and (path / "config.json").exists():
+            model, manifest = load_checkpoint(str(path))
+            log.info("reusing %s from %s (trained in %s s)", name, path, manifest["extra"].get("train_seconds"))
+            return model, None
+        started = time.perf_counter()
+        model = train()
+        seconds = round(time.perf_counter() - started, 1)
+        if path is not None:
+            # Written beside and renamed into place: an interrupted save never looks like a checkpoint.
+            partial = path.with_name(path.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            save_checkpoint(model, str(partial), extra={"train_seconds": seconds})
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(partial, path)
+        return model, seconds
