@@ -135,7 +135,7 @@ def run_modality(spec: TableSpec, seed: int, root: Path, modality: str, progress
     n = len(test.ids)
     fast_row, emb, fast_ranks = evaluated_row(modality, "fast", fast, test, None, progress)
     rows = [row(modality, "chance", None, chance_metrics(n), None, len(emb.texts), n), fast_row]
-    log.info("%s fast: R@1 %.1f (trained in %s s)", modality, fast_row["r1"], fast_seconds)
+    log.info("%s fast: R@1 %.1f (%s)", modality, fast_row["r1"], trained(fast_seconds))
 
     slow_train = spec.slow_train_video if modality == "video" and spec.slow_train_video else spec.slow_train
     train_features = None
@@ -159,8 +159,8 @@ def run_modality(spec: TableSpec, seed: int, root: Path, modality: str, progress
     slow_metrics = metrics_from_ranks(ranks_of_true(slow_all, sub_true))
     fast_row["r1_same_queries"] = round(metrics_from_ranks(fast_ranks[subset])["r1"], 2)
     rows.append(row(modality, "slow", None, slow_metrics, 1000 * slow_all_s / len(subset), len(subset), n))
-    log.info("%s slow: R@1 %.1f (trained in %s s, %.1f ms/query over all)", modality, slow_metrics["r1"],
-             slow_seconds, 1000 * slow_all_s / len(subset))
+    log.info("%s slow: R@1 %.1f (%s, %.1f ms/query over all)", modality, slow_metrics["r1"],
+             trained(slow_seconds), 1000 * slow_all_s / len(subset))
 
     rows += rerank_rows(modality, "fast+slow", spec.ks, emb, fast_ranks, slow, gallery_features, subset, n)
 
@@ -177,7 +177,7 @@ def run_modality(spec: TableSpec, seed: int, root: Path, modality: str, progress
     soft_row, soft_emb, soft_ranks = evaluated_row(modality, "fast_soft_targets" if transfer else "fast_distilled",
                                                    soft, test, subset, progress)
     rows.append(soft_row)
-    log.info("%s fast, soft targets: R@1 %.1f (trained in %s s)", modality, soft_row["r1"], soft_seconds)
+    log.info("%s fast, soft targets: R@1 %.1f (%s)", modality, soft_row["r1"], trained(soft_seconds))
     if transfer:
         student, student_seconds = cache.model(
             "fast_teacher_captions", lambda: train_on_teacher_captions(spec, train, extra, fast, slow, fast_train,
@@ -186,14 +186,18 @@ def run_modality(spec: TableSpec, seed: int, root: Path, modality: str, progress
                                                                   progress)
         distilled_row.update(captioned_items=len(train.ids), teacher_captioned_items=len(extra.ids))
         rows.append(distilled_row)
-        log.info("%s fast distilled (teacher captions): R@1 %.1f (trained in %s s)", modality, distilled_row["r1"],
-                 student_seconds)
+        log.info("%s fast distilled (teacher captions): R@1 %.1f (%s)", modality, distilled_row["r1"],
+                 trained(student_seconds))
     else:
         student_emb, student_ranks = soft_emb, soft_ranks
     # The paper's full system: the distilled Fast retrieves, Slow re-ranks.
     rows += rerank_rows(modality, "fast_distilled+slow", spec.ks, student_emb, student_ranks, slow, gallery_features,
                         subset, n)
     return rows
+
+
+def trained(seconds: float | None) -> str:
+    return "reused" if seconds is None else f"trained in {seconds:.0f} s"
 
 
 def evaluated_row(modality: str, method: str, model: FastModel, test, subset: np.ndarray | None, progress: bool):

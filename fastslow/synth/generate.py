@@ -47,8 +47,8 @@ class SynthConfig:
 
     @classmethod
     def full(cls, seed: int = 0) -> "SynthConfig":
-        """The full size: 1000 test images and 300 test videos."""
-        return cls(seed=seed, n_test=1000, n_test_videos=300)
+        """The full size: 1000 test images and 600 test videos."""
+        return cls(seed=seed, n_test=1000, n_test_videos=600)
 
     def validate(self) -> None:
         """Raise FastslowError naming the first bad parameter."""
