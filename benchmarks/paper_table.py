@@ -27,7 +27,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.paper_table", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="JSON file to write; the Markdown table goes beside it (.md)")
-    p.add_argument("--quick", action="store_true", help="the quick size (about 1.5 hours on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="the quick size (about 100 min on 2 cores, 15 with kept models)")
     p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run with tiny random models (tests)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and the training (default 0)")
     p.add_argument("--data-dir", help="where the synthetic benchmark is written (default data/bench-<size>-seed<N>)")

@@ -118,7 +118,9 @@ def run_modality(spec: TableSpec, seed: int, root: Path, modality: str, progress
                             progress) if transfer else None
     cache = ModelCache(models_dir, {"spec": repr(spec), "seed": seed, "modality": modality,
                                     "train": split_fingerprint(train),
-                                    "uncaptioned": extra and split_fingerprint(extra)}, retrain)
+                                    # The uncaptioned images' file names follow the test split's, whose size
+                                    # differs between quick and full; their training ids do not.
+                                    "uncaptioned": extra and split_fingerprint(extra, ids=False)}, retrain)
 
     # Batches come from an untrained Fast (their neighbours are the visual tower's before training). Every
     # model starts from the seed, so a model trained now equals the one a cache would give.
