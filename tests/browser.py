@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 
 import pytest
 
@@ -29,3 +30,21 @@ def chromium():
             yield browser
         finally:
             browser.close()
+
+
+# A result tile's image is shown once the page has fetched it and set a blob: URL that decoded.
+SHOWN = "x => x.src.startsWith('blob:') && x.complete && x.naturalWidth > 0"
+# For a failure message: the page's /media fetches the browser has timed so far,
+# [id, start s, duration s, HTTP status (0: no answer)].
+MEDIA_FETCHES = """performance.getEntriesByType('resource').filter(e => e.name.includes('/media/')).map(e =>
+    [e.name.split('/').pop(), +(e.startTime / 1000).toFixed(2), +(e.duration / 1000).toFixed(2), e.responseStatus])"""
+
+
+def wait_for_tile_images(page, timeout_s: float) -> None:
+    """Wait until every result tile's image is shown (the page asks again for one the app answers 503 for, for
+    about two minutes); past `timeout_s` fail naming those that are not, with every media fetch the page made."""
+    deadline, imgs = time.time() + timeout_s, page.locator(".tile img")
+    while missing := imgs.evaluate_all(f"i => i.filter(x => !({SHOWN})).map(x => [x.alt, x.src, x.complete])"):
+        assert time.time() < deadline, (f"result images not shown after {timeout_s:.0f} s", missing,
+                                        page.evaluate(MEDIA_FETCHES))
+        time.sleep(0.2)

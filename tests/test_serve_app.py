@@ -22,7 +22,7 @@ import urllib.parse
 
 import numpy as np
 import pytest
-from browser import chromium
+from browser import chromium, wait_for_tile_images
 from conftest import REPO
 from PIL import Image
 from test_jobs_training import TINY_FAST, TINY_SLOW, job_id, job_summary, wait_for
@@ -308,17 +308,7 @@ def test_search_page_in_headless_chromium(app):
         page.click("#search")
         # Polled from here: the page's CSP (no 'unsafe-eval') refuses Playwright's in-page wait_for_function.
         expect(page.locator(".tile")).to_have_count(8, timeout=60_000)
-        # The page asks again for an image the app answers 503 (busy) for, for up to about two minutes.
-        deadline = time.time() + 150
-        loaded = "i => i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0"
-        while not all(page.locator(".tile img").evaluate_all(f"imgs => imgs.map({loaded})")):
-            if time.time() > deadline:
-                missing = [t.get_attribute("data-id") for t, ok in zip(
-                    page.locator(".tile").all(), page.locator(".tile img").evaluate_all(f"imgs => imgs.map({loaded})"))
-                    if not ok]
-                now = {i: get_raw(url, media_path(i))[0] for i in missing}
-                pytest.fail(f"result images not shown after 150 s: {missing}; the app answers them now with {now}")
-            time.sleep(0.2)
+        wait_for_tile_images(page, 150)
         _, want = post(url, {"query": query, "k": 8, "rerank": True, "rerank_k": 12})
         tiles = page.locator(".tile")
         assert [tiles.nth(i).get_attribute("data-id") for i in range(8)] == _ids(want)

@@ -20,7 +20,7 @@ import urllib.parse
 import uuid
 
 import pytest
-from browser import chromium
+from browser import chromium, wait_for_tile_images
 from conftest import REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -151,12 +151,6 @@ def _log_dirs() -> list[str]:
     return glob.glob("/tmp/rt*/session_latest/logs")
 
 
-# For a failure message: the page's /media fetches the browser has timed so far,
-# [id, start s, duration s, HTTP status (0: no answer)].
-MEDIA_FETCHES = """performance.getEntriesByType('resource').filter(e => e.name.includes('/media/')).map(e =>
-    [e.name.split('/').pop(), +(e.startTime / 1000).toFixed(2), +(e.duration / 1000).toFixed(2), e.responseStatus])"""
-
-
 def test_search_page_asks_for_the_key_in_headless_chromium(guarded):
     with chromium() as browser:
         from playwright.sync_api import expect
@@ -173,12 +167,8 @@ def test_search_page_asks_for_the_key_in_headless_chromium(guarded):
         page.fill("#api-key", KEY)  # kept in sessionStorage, sent as X-API-Key
         page.click("#search")
         expect(page.locator(".tile")).to_have_count(8, timeout=60_000)
-        deadline, imgs = time.time() + 180, page.locator(".tile img")  # the page backs off for about 2 min
         # <img> cannot send the key: the page fetches each image with it and shows a blob: URL.
-        shown = "x => x.src.startsWith('blob:') && x.complete && x.naturalWidth > 0"
-        while missing := imgs.evaluate_all(f"i => i.filter(x => !({shown})).map(x => [x.alt, x.src, x.complete])"):
-            assert time.time() < deadline, (missing, page.evaluate(MEDIA_FETCHES))
-            time.sleep(0.2)
+        wait_for_tile_images(page, 180)  # the page backs off for about 2 min
     assert not errors, errors
 
 
