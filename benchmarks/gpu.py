@@ -53,7 +53,7 @@ def fast_config():
     from fastslow.models.config import FastConfig, TextTowerConfig, VisionTowerConfig
 
     return FastConfig(vision=VisionTowerConfig(kind="efficientnet_lite0", image_size=128),
-                      text=TextTowerConfig(kind="minilm", layers=1, trainable=True), embed_dim=256, head_hidden=1024,
+                      text=TextTowerConfig(kind="minilm", layers=2, trainable=True), embed_dim=256, head_hidden=1024,
                       vision_pooling="mid_tokens", token_hidden=512, text_pooling="attention", visual_dropout=0.3)
 
 

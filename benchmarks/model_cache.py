@@ -1,8 +1,9 @@
 """Trained models of the benchmark table kept between runs, reused when what trained them is the same.
 
-The key covers the size's whole spec, the seed, the modality and the bytes of the training data (ids,
-captions, pixels, and the uncaptioned images when there are any), so the quick and full sizes, which
-share their training splits, share their models, and any change to a config or the data trains anew.
+A model's key covers the seed, the modality, the bytes of the training data (ids, captions, pixels) and
+the configs that model depends on (`depends`: Slow's key does not hold Fast's config, so a change to Fast
+retrains Fast and its students but keeps Slow). The quick and full sizes share their training splits, so
+they share their models, and any change to a model's configs or data trains it anew.
 """
 
 from __future__ import annotations
@@ -35,12 +36,17 @@ class ModelCache:
     """Checkpoints under `root/<key>-<name>`; `root=None` keeps nothing, `retrain=True` overwrites."""
 
     def __init__(self, root: Path | None, key_parts: dict, retrain: bool = False):
-        self.root, self.retrain = root, retrain
-        self.key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self.root, self.retrain, self.key_parts = root, retrain, key_parts
 
-    def model(self, name: str, train: Callable[[], torch.nn.Module]) -> tuple[torch.nn.Module, float | None]:
+    def key(self, name: str, depends: dict) -> str:
+        """The model's key: the cache's shared parts, its name and the configs (reprs) it depends on."""
+        parts = {**self.key_parts, "model": name, "depends": depends}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=repr).encode()).hexdigest()[:16]
+
+    def model(self, name: str, train: Callable[[], torch.nn.Module],
+              depends: dict) -> tuple[torch.nn.Module, float | None]:
         """The cached model `name`, or `train()`'s (then saved); and the seconds training took (None: reused)."""
-        path = None if self.root is None else self.root / f"{self.key}-{name}"
+        path = None if self.root is None else self.root / f"{self.key(name, depends)}-{name}"
         if path is not None and not self.retrain and (path / "config.json").exists():
             model, manifest = load_checkpoint(str(path))
             log.info("reusing %s from %s (trained in %s s)", name, path, manifest["extra"].get("train_seconds"))

@@ -3,8 +3,12 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
+
+from benchmarks.model_cache import ModelCache
+from benchmarks.table_runner import SIZES, model_depends
 
 ROW_KEYS = {"modality", "method", "k", "r1", "r5", "r10", "median_rank", "ms_per_query"}
 
@@ -66,3 +70,25 @@ def test_tiny_table_has_the_rows_and_files(tmp_path):
 
 def strip_timing(row: dict) -> dict:
     return {k: v for k, v in row.items() if k != "ms_per_query"}
+
+
+def test_each_kept_model_is_keyed_on_what_it_depends_on():
+    cache = ModelCache(None, {"seed": 0, "train": "fingerprint"})
+
+    def keys(spec, modality):
+        return {name: cache.key(name, depends) for name, depends in model_depends(spec, modality).items()}
+
+    spec = SIZES["quick"]
+    before = keys(spec, "image")
+    assert len(set(before.values())) == 4
+    # A change to images' Fast retrains Fast and both students, keeps Slow, and leaves videos (their own Fast).
+    wider = replace(spec, fast=replace(spec.fast, embed_dim=128))
+    after = keys(wider, "image")
+    assert after["slow"] == before["slow"] and all(after[m] != before[m] for m in after if m != "slow")
+    assert keys(wider, "video") == keys(spec, "video")
+    # A change to Slow's schedule keeps Fast and retrains the rest; so does another distillation weight for
+    # the soft-target student alone.
+    longer = keys(replace(spec, slow_train=replace(spec.slow_train, epochs=99)), "image")
+    assert longer["fast"] == before["fast"] and all(longer[m] != before[m] for m in longer if m != "fast")
+    heavier = keys(replace(spec, distill=replace(spec.distill, weight=spec.distill.weight + 1)), "image")
+    assert {m for m in heavier if heavier[m] != before[m]} == {"fast_soft_targets"}
