@@ -4,7 +4,7 @@
     python -m benchmarks.gpu --out /tmp/gpu.json --device cpu --quick      (a smoke run, under a minute)
 
 1. Image embedding, images/s at `--batch` (256): the default Fast vision tower (EfficientNet-Lite0,
-   128 px, mid_tokens pooling and head, as benchmarks.table_runner.DEFAULT_FAST; packaged weights) and a
+   128 px, mid_tokens pooling and head, as benchmarks.fast_defaults.DEFAULT_FAST; packaged weights) and a
    ViT-B/32-sized CLIP vision tower (transformers, random weights, 224 px). uint8 images in, as indexing
    feeds them. On CUDA under bfloat16 autocast and in fp32; on CPU fp32.
 2. Slow re-ranking, caption-item pairs/s and ms per query at K = 20, 50, 100: the default SlowModel
@@ -49,12 +49,10 @@ WORDS = {"colour": ("red", "green", "blue", "yellow", "purple", "white"),
 
 
 def fast_config():
-    """The default Fast of the benchmark table (benchmarks.table_runner.DEFAULT_FAST, whose imports need more)."""
-    from fastslow.models.config import FastConfig, TextTowerConfig, VisionTowerConfig
+    """The default Fast of the benchmark table (imported here: it loads torch)."""
+    from benchmarks.fast_defaults import DEFAULT_FAST
 
-    return FastConfig(vision=VisionTowerConfig(kind="efficientnet_lite0", image_size=128),
-                      text=TextTowerConfig(kind="minilm", layers=2, trainable=True), embed_dim=256, head_hidden=1024,
-                      vision_pooling="mid_tokens", token_hidden=512, text_pooling="attention", visual_dropout=0.3)
+    return DEFAULT_FAST
 
 
 def captions(n: int, seed: int = 0) -> list[str]:
