@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 
-from fastslow.config import DataConfig
+from fastslow.data.source import DataConfig
 from fastslow.data.decode import DecodeConfig, decode_sample
 from fastslow.data.loaded import LoadedSplit, MediaFilter, empty_shape
 from fastslow.data.registry import open_dataset

@@ -76,7 +76,7 @@ class FastEmbedder:
         from fastslow.devices import best_device
         from fastslow.env import apply_local_safety_env
         from fastslow.models.fast import FastModel
-        from fastslow.runs import load_model
+        from fastslow.models.checkpoint import load_model
 
         apply_local_safety_env()
         self.device = best_device()

@@ -148,7 +148,8 @@ def bench_slow(device, queries: int, ks: list[int], warmup: int, iters: int) -> 
     import torch
 
     from fastslow.models.slow import SlowConfig
-    from fastslow.slow_training import make_slow_model, slow_features, slow_score_matrix
+    from fastslow.train.slow_training import make_slow_model
+    from fastslow.inference.slow_scores import slow_features, slow_score_matrix
 
     torch.manual_seed(0)
     texts = captions(max(queries, 200))

@@ -11,7 +11,7 @@
    the item copied), so every result is a real, decodable item and the index has the size asked for.
    The IVF index's recall@10 against the exact one is measured on the queries.
 3. Side by side, one client, Fast only, on each version (the app swaps to the Flat one live): the
-   pipeline in this process (`fastslow.search.SearchPipeline`, 1 torch and 1 FAISS thread, as each
+   pipeline in this process (`fastslow.search.pipeline.SearchPipeline`, 1 torch and 1 FAISS thread, as each
    replica has) and the Serve app over HTTP, through Serve's proxy and straight to the ingress
    replica's own port (direct ingress: where a load balancer in front of the replicas sends traffic);
    the difference of the medians is the Serve graph's overhead. Also with the query encoder as its
@@ -53,7 +53,7 @@ def train_models(work: Path, data: Path) -> tuple[str, str]:
     """The default Fast and Slow, briefly trained (reused when already in `work`)."""
     from fastslow.config import FastRunConfig, SlowRunConfig, load_config
     from fastslow.models.checkpoint import CONFIG_FILE
-    from fastslow.runs import run_training
+    from fastslow.train.run import run_training
 
     out = {}
     for kind, cls, epochs in (("fast", FastRunConfig, 2), ("slow", SlowRunConfig, 2)):
@@ -71,13 +71,14 @@ def build_index(root: Path, fast_ckpt: str, data: Path, items: int, factory: str
     """A published version of `items` vectors in SHARDS shards of `factory`; (version, the test captions)."""
     import pyarrow as pa
 
-    from fastslow.config import DataConfig
+    from fastslow.data.source import DataConfig
     from fastslow.index.publish import current_version, publish, write_version
     from fastslow.index.shards import IndexSpec, build_shards
     from fastslow.models.checkpoint import read_manifest
     from fastslow.models.fast import FastModel
-    from fastslow.runs import load_data_split, load_model
-    from fastslow.training import embed_split
+    from fastslow.data.source import load_data_split
+    from fastslow.models.checkpoint import load_model
+    from fastslow.inference.fast_embeddings import embed_split
 
     model = load_model(fast_ckpt, FastModel)
     split = load_data_split(DataConfig(path=str(data / "images")), QUERY_SPLIT, model.config.vision.image_size)
@@ -158,7 +159,7 @@ def closed_loop(url: str, queries: list[str], body: dict, clients: int, seconds:
 
 
 def in_process(pipeline, queries: list[str], n: int) -> dict:
-    from fastslow.search import SearchRequest
+    from fastslow.search.pipeline import SearchRequest
 
     lat = []
     for i in range(n):
@@ -182,7 +183,7 @@ def sequential(url: str, queries: list[str], n: int) -> dict:
 
 def recall_at_10(approx, exact, queries: list[str]) -> float:
     """Mean share of the exact top 10 that the approximate index also returns."""
-    from fastslow.search import SearchRequest
+    from fastslow.search.pipeline import SearchRequest
 
     hits = 0
     for q in queries:
@@ -326,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from cluster.connect import connect, free_port
-    from fastslow.search import SearchPipeline
+    from fastslow.search.pipeline import SearchPipeline
     from fastslow.synth import ensure_synth
     from ray import serve
 

@@ -20,18 +20,21 @@ import torch
 
 from benchmarks.fast_defaults import DEFAULT_FAST, VIDEO_FAST
 from benchmarks.model_cache import ModelCache, split_fingerprint
-from fastslow.config import DataConfig
-from fastslow.distill import DistillationLoss, DistillConfig, precompute_teacher
+from fastslow.data.source import DataConfig
+from fastslow.train.distillation import DistillationLoss, DistillConfig, precompute_teacher
 from fastslow.eval import chance_metrics, evaluate_embeddings, metrics_from_ranks, ranks_of_true
 from fastslow.log import get_logger
 from fastslow.models.config import FastConfig, TextTowerConfig, VisionTowerConfig
 from fastslow.models.fast import FastModel
 from fastslow.models.slow import SlowConfig
-from fastslow.runs import load_data_split, rerank_embedded
-from fastslow.slow_training import SlowTrainConfig, make_slow_model, slow_features, slow_score_matrix, train_slow
+from fastslow.data.source import load_data_split
+from fastslow.eval.retrieval import rerank_embedded
+from fastslow.train.slow_training import SlowTrainConfig, make_slow_model, train_slow
+from fastslow.inference.slow_scores import slow_features, slow_score_matrix
 from fastslow.synth import ensure_synth
-from fastslow.teacher_captions import TeacherCaptionConfig, add_teacher_captioned
-from fastslow.training import FastBatches, FastTrainConfig, embed_split, train_fast
+from fastslow.train.teacher_captions import TeacherCaptionConfig, add_teacher_captioned
+from fastslow.train.fast_training import FastBatches, FastTrainConfig, train_fast
+from fastslow.inference.fast_embeddings import embed_split
 
 log = get_logger(__name__)
 

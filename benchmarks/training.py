@@ -55,7 +55,8 @@ def steady_samples_per_s(history: list[dict]) -> float:
 
 
 def one_process(kind: str, cfg) -> dict:
-    from fastslow.runs import load_data_split, prepare_training
+    from fastslow.data.source import load_data_split
+    from fastslow.train.run import prepare_training
 
     started = time.time()
     split = load_data_split(cfg.data, cfg.data.train_split, cfg.model.vision.image_size, progress=False)
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
             cfg = runs[kind]
             if kind == "distill":
                 if slow_teacher is None:  # the distill job needs a Slow teacher: train one, untimed
-                    from fastslow.runs import run_training
+                    from fastslow.train.run import run_training
 
                     slow_teacher = run_training("slow", runs["slow"], progress=False)["checkpoint"]
                 cfg = replace(cfg, teacher=slow_teacher)

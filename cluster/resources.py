@@ -9,21 +9,11 @@ retriever shards off them.
 
 from __future__ import annotations
 
-from fastslow.errors import FastslowError
+from fastslow.devices import AUTO, check_setting  # noqa: F401  (the settings these functions resolve)
 
-AUTO = "auto"
 GPU_NODE = "fastslow_gpu"  # custom resource of ray_cluster.yaml's GPU worker type
 CPU_NODE = "fastslow_cpu"  # ... and of its CPU worker type
 SLIVER = 0.001  # how much of a node-type resource one actor takes: placement only, no limit on count
-
-
-def check_setting(name: str, value, allow_bool: bool = False) -> None:
-    """Refuse anything but `auto`, a non-negative number (or a bool, where `allow_bool`)."""
-    if value == AUTO or (allow_bool and isinstance(value, bool)):
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise FastslowError(f"{name}: expected 'auto' or a number >= 0{' or true/false' if allow_bool else ''}, "
-                            f"got {value!r}")
 
 
 def cluster_resources() -> dict:

@@ -8,30 +8,18 @@ from typing import TypeVar
 import yaml
 
 from fastslow import storage
-from fastslow.distill import DistillConfig
+from fastslow.train.distillation import DistillConfig
+from fastslow.data.source import DataConfig  # noqa: F401  (part of the run configs' public names)
+from fastslow.devices import check_setting
 from fastslow.errors import FastslowError
 from fastslow.index.shards import IndexSpec
 from fastslow.models.config import FastConfig, dataclass_from_dict, dataclass_to_dict
 from fastslow.models.slow import SlowConfig
-from fastslow.slow_training import SlowTrainConfig
-from fastslow.teacher_captions import TeacherCaptionConfig
-from fastslow.training import FastTrainConfig
+from fastslow.train.slow_training import SlowTrainConfig
+from fastslow.train.teacher_captions import TeacherCaptionConfig
+from fastslow.train.fast_training import FastTrainConfig
 
 T = TypeVar("T")
-
-
-@dataclass
-class DataConfig:
-    """Which dataset to read and how to decode it; `path` is local or `s3://`."""
-
-    path: str = ""
-    format: str = "auto"
-    media_root: str | None = None
-    media: str | None = None  # "image" or "video"; needed only when a dataset mixes both
-    train_split: str | None = "train"
-    val_split: str | None = "val"
-    test_split: str | None = "test"
-    num_frames: int = 8
 
 
 @dataclass
@@ -54,8 +42,6 @@ class JobConfig:
             raise FastslowError(f"job.cpus_per_worker: must be positive, got {self.cpus_per_worker}")
         if self.checkpoint_every < 0 or self.log_every < 1:
             raise FastslowError("job.checkpoint_every must be >= 0 and job.log_every >= 1")
-        from cluster.resources import check_setting
-
         check_setting("job.use_gpu", self.use_gpu, allow_bool=True)
 
 
@@ -123,8 +109,6 @@ class EmbedJobConfig:
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.batch_size < 1 or self.partition_size < 1:
             raise FastslowError("embed: concurrency, batch_size and partition_size must be >= 1")
-        from cluster.resources import check_setting
-
         check_setting("embed.num_gpus", self.num_gpus)
 
 

@@ -6,6 +6,10 @@ import contextlib
 
 import torch
 
+from fastslow.errors import FastslowError
+
+AUTO = "auto"  # a GPU setting resolved against the cluster when a job or the app starts (cluster/resources.py)
+
 
 def best_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -22,3 +26,12 @@ def autocast(device: torch.device | str):
 
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def check_setting(name: str, value, allow_bool: bool = False) -> None:
+    """Refuse anything but `auto`, a non-negative number (or a bool, where `allow_bool`)."""
+    if value == AUTO or (allow_bool and isinstance(value, bool)):
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise FastslowError(f"{name}: expected 'auto' or a number >= 0{' or true/false' if allow_bool else ''}, "
+                            f"got {value!r}")

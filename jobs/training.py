@@ -1,8 +1,8 @@
 """Training as a Ray job: Ray Data reads and decodes the training split, Ray Train's TorchTrainer runs
 the same optimisation loop as `fastslow train` on every worker, over the worker's shard.
 
-Each worker builds its model, batches and loss with `fastslow.runs.prepare_training` (the
-one-process code) on its shard; `fastslow.loop.fit` averages gradients across workers and the
+Each worker builds its model, batches and loss with `fastslow.train.run.prepare_training` (the
+one-process code) on its shard; `fastslow.train.loop.fit` averages gradients across workers and the
 losses gather negatives from every worker. Checkpoints (the fastslow checkpoint format plus the
 optimizer state) go through `ray.train.report`; a restarted worker group, or a resubmitted job with
 the same run name, resumes from the last one.
@@ -23,7 +23,7 @@ from fastslow import storage
 from fastslow.config import DistillRunConfig, FastRunConfig, SlowRunConfig, dump_config
 from fastslow.errors import FastslowError
 from fastslow.log import get_logger
-from fastslow.loop import TrainState
+from fastslow.train.loop import TrainState
 from fastslow.models.checkpoint import load_checkpoint, read_manifest, save_checkpoint
 from fastslow.models.config import dataclass_from_dict, dataclass_to_dict
 
@@ -105,7 +105,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     from actors.decode import split_from_rows
     from fastslow.env import apply_local_safety_env
-    from fastslow.runs import prepare_training
+    from fastslow.train.run import prepare_training
 
     apply_local_safety_env()
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per report: our progress lines say it
@@ -197,7 +197,7 @@ def run_job(kind: str, cfg, address: str | None = None) -> dict:
     from cluster.connect import connect
     from cluster.resources import use_gpu, worker_resources
     from fastslow.models.slow import build_output_vocab
-    from fastslow.runs import distill_teacher, validate
+    from fastslow.train.run import distill_teacher, validate
 
     started = time.time()
     if not cfg.data.path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fastslow.devices import check_setting
 from fastslow.errors import FastslowError
 from fastslow.models.config import dataclass_from_dict
 
@@ -51,8 +52,6 @@ class ServeAppConfig:
         if self.nprobe < 0 or self.ef_search < 0:
             raise FastslowError(f"serve: nprobe and ef_search must be 0 (default) or more, got {self.nprobe}, "
                                 f"{self.ef_search}")
-        from cluster.resources import check_setting
-
         check_setting("serve: reranker_gpus", self.reranker_gpus)
         if self.shards < 0:
             raise FastslowError(f"serve: shards must be 0 (all) or more, got {self.shards}")

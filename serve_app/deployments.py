@@ -14,7 +14,9 @@ from ray import serve
 
 from fastslow.errors import FastslowError
 from fastslow.log import get_logger
-from fastslow.search import QueryEncoder, Reranker, ShardSearcher
+from fastslow.search.encoder import QueryEncoder
+from fastslow.search.reranker import Reranker
+from fastslow.search.shard import ShardSearcher
 from serve_app.config import ServeAppConfig
 
 log = get_logger("fastslow.serve")

@@ -26,7 +26,6 @@ anything else is a 404.
 
 import asyncio
 import importlib.resources
-import time
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
@@ -40,8 +39,9 @@ from fastslow.errors import FastslowError
 from fastslow.index.publish import current_version, read_manifest
 from fastslow.log import get_logger
 from fastslow.models.checkpoint import read_manifest as read_checkpoint
-from fastslow.search import (QueryEncoder, index_num_frames, merge_hits, public_hit, reranked_top, search_depth,
-                             stage_timings)
+from fastslow.search.encoder import QueryEncoder
+from fastslow.search.shard import index_num_frames
+from fastslow.search.pipeline import NO_RERANKER, NoShardAnswered, QueryStages, SearchRequest, answer_query
 from serve_app.api import ErrorAnswer, SearchAnswer, SearchBody
 from serve_app.config import ServeAppConfig, app_config
 from serve_app.deployments import QueryEncoderDeployment, ShardRetriever, SlowReranker
@@ -167,7 +167,7 @@ class Ingress:
 
     async def _rerank(self, query: str, head: list[dict]) -> tuple[list[float | None] | None, str | None]:
         if self.reranker is None:
-            return None, "no re-ranker is configured (slow_checkpoint is empty)"
+            return None, NO_RERANKER
         timeout = self.cfg.rerank_timeout_s
         try:
             return await _within(self.reranker.score.remote(query, head), timeout), None
@@ -177,32 +177,17 @@ class Ingress:
     @app.post("/search", response_model=SearchAnswer, responses={422: {"model": ErrorAnswer},
                                                                   503: {"model": ErrorAnswer}})
     async def search(self, body: SearchBody) -> JSONResponse:
-        query = self._check(body)
-        version, metric = self.version, self.metric
-        t0 = time.perf_counter()
-        vector = await self._encode(query)
-        t1 = time.perf_counter()
-        depth = search_depth(body.k, body.rerank, body.rerank_k)
-        parts, failed = await self._retrieve(vector, depth, version)
-        if not parts:
-            raise HTTPException(503, f"no index shard answered: {'; '.join(failed.values())}")
-        hits = merge_hits(parts, depth, metric)
-        t2 = time.perf_counter()
-        degraded, reason, top = False, None, hits[: body.k]
-        if body.rerank and hits:
-            scores, reason = await self._rerank(query, hits[: body.rerank_k])
-            if scores is None:
-                degraded = True
-            else:
-                top = reranked_top(hits, scores, body.k, body.rerank_k, self.cfg.fast_weight)
-        t3 = time.perf_counter()
-        answered = sorted(set(range(len(self.retrievers))) - {int(s) for s in failed})
+        req = SearchRequest(self._check(body), body.k, body.rerank, body.rerank_k)
+        version = self.version
+        stages = QueryStages(self._encode, lambda vector, depth: self._retrieve(vector, depth, version), self._rerank,
+                             len(self.retrievers), self.metric, self.cfg.fast_weight)
+        try:
+            answer = await answer_query(stages, req, version)
+        except NoShardAnswered as e:
+            raise HTTPException(503, str(e)) from None
         # A Response object is sent as is: `response_model` documents the shape (/docs) without re-validating
         # every answer (a millisecond per request here).
-        return JSONResponse({"query": query, "results": [public_hit(h, i + 1) for i, h in enumerate(top)],
-                "reranked": body.rerank and not degraded, "degraded": degraded, "degraded_reason": reason,
-                "partial": bool(failed), "shards": {"answered": answered, "failed": failed},
-                "index_version": version, "timings_ms": stage_timings(t0, t1, t2, t3)})
+        return JSONResponse(answer)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page(self) -> HTMLResponse:

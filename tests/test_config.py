@@ -2,7 +2,8 @@
 
 import pytest
 
-from fastslow.config import DataConfig, FastRunConfig, apply_override, dump_config, load_config
+from fastslow.data.source import DataConfig
+from fastslow.config import FastRunConfig, apply_override, dump_config, load_config
 from fastslow.errors import FastslowError
 
 
@@ -64,7 +65,7 @@ def _check_demo_config(kinds: dict) -> None:
     """Every size of configs/demo.yaml names configs that load with its overrides."""
     import yaml
 
-    from fastslow.demo import CONFIGS, DEMO_CONFIG, load_plan
+    from apps.demo import CONFIGS, DEMO_CONFIG, load_plan
     from fastslow.synth import synth_config
 
     for size in yaml.safe_load(DEMO_CONFIG.read_text()):

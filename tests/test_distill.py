@@ -3,10 +3,10 @@
 import numpy as np
 import torch
 
-from fastslow.distill import DistillationLoss, DistillConfig, batch_targets, precompute_teacher, soft_target_loss
+from fastslow.train.distillation import DistillationLoss, DistillConfig, batch_targets, precompute_teacher, soft_target_loss
 from fastslow.models.config import FastConfig, TextTowerConfig, VisionTowerConfig
 from fastslow.models.fast import FastModel
-from fastslow.training import Batch
+from fastslow.train.fast_training import Batch
 
 
 def test_zero_when_student_and_teacher_agree():

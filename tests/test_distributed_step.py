@@ -1,7 +1,7 @@
 """One training step of 2 gloo processes with batch B equals 1 process with batch 2B: loss and gradients.
 
 Drives the code a Ray Train worker runs: Fast's heads on cached tower features, the gathered
-contrastive and distillation losses, and `fastslow.loop.average_gradients`.
+contrastive and distillation losses, and `fastslow.train.loop.average_gradients`.
 """
 
 import os
@@ -13,11 +13,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fastslow.distill import DistillationLoss, DistillConfig, TeacherTable
-from fastslow.loop import average_gradients
+from fastslow.train.distillation import DistillationLoss, DistillConfig, TeacherTable
+from fastslow.train.loop import average_gradients
 from fastslow.models.config import FastConfig, TextTowerConfig, VisionTowerConfig
 from fastslow.models.fast import FastModel
-from fastslow.training import Batch, fast_loss
+from fastslow.train.fast_training import Batch, fast_loss
 
 WORLD, B = 2, 6
 

@@ -13,7 +13,8 @@ from media_fixtures import make_jpeg_bytes, make_mp4_bytes, make_png_bytes, rand
 from test_jobs_index import build
 from test_jobs_training import job_id, job_summary, wait_for
 
-from fastslow import cli, storage
+from apps import cli
+from fastslow import storage
 from fastslow.config import IndexRunConfig, load_config
 from fastslow.index.publish import load_version, version_dir
 from jobs.build_index import index_rows

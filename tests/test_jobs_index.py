@@ -47,7 +47,7 @@ def test_index_job_indexes_everything_or_reports_it(mixed_collection, tiny_fast_
 
     # The shards' merged search equals one flat index over the same vectors.
     from fastslow.models.fast import FastModel
-    from fastslow.runs import load_model
+    from fastslow.models.checkpoint import load_model
 
     vectors = np.zeros((len(ids), loaded.dim), np.float32)
     for ix, rows in zip(loaded.indexes, loaded.rows):

@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from fastslow.losses import infonce_loss
+from fastslow.train.losses import infonce_loss
 
 
 def test_infonce_hand_computed_two_pairs():

@@ -15,7 +15,7 @@ import pytest
 
 from cluster.connect import free_port
 from fastslow import storage
-from fastslow.demo import load_plan
+from apps.demo import load_plan
 from serve_app.deploy import get_json, wait_ready
 
 SECRET = "fastslow-test-secret-DO-NOT-PRINT"

@@ -12,8 +12,12 @@ from fastslow.index.publish import publish, write_version
 from fastslow.index.shards import IndexSpec, build_shards
 from fastslow.models.checkpoint import read_manifest, save_checkpoint
 from fastslow.models.fast import FastModel
-from fastslow.search import (Reranker, SearchPipeline, SearchRequest, ShardSearcher, apply_rerank, merge_hits)
-from fastslow.slow_training import make_slow_model, slow_features, slow_score_matrix
+from fastslow.search.reranker import Reranker
+from fastslow.search.pipeline import SearchPipeline, SearchRequest
+from fastslow.search.shard import ShardSearcher
+from fastslow.search.answer import apply_rerank, merge_hits
+from fastslow.train.slow_training import make_slow_model
+from fastslow.inference.slow_scores import slow_features, slow_score_matrix
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (200, 30, 200)]
 

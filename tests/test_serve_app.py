@@ -29,7 +29,7 @@ from test_jobs_training import TINY_FAST, TINY_SLOW, job_id, job_summary, wait_f
 
 from cluster.connect import free_port
 from fastslow.index.publish import load_version
-from fastslow.search import SearchPipeline, SearchRequest
+from fastslow.search.pipeline import SearchPipeline, SearchRequest
 from serve_app.deploy import deploy, get_json, load_serve_config, wait_ready, with_settings
 
 QUERIES = ["a red circle above a blue square", "a small green star", "a large white triangle left of a cross"]

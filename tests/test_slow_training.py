@@ -8,7 +8,8 @@ from fastslow.data.loaded import LoadedSplit
 from fastslow.data.types import ReadReport
 from fastslow.errors import FastslowError
 from fastslow.models import SlowConfig, SlowModel, TextTowerConfig, VisionTowerConfig
-from fastslow.slow_training import SlowTrainConfig, make_slow_model, slow_features, slow_score_matrix, train_slow
+from fastslow.train.slow_training import SlowTrainConfig, make_slow_model, train_slow
+from fastslow.inference.slow_scores import slow_features, slow_score_matrix
 
 COLOURS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230), "yellow": (230, 230, 20)}
 TEXTS = ["red green", "a blue square", "green red", "yellow", "the blue circle is left of the red one"]

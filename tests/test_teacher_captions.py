@@ -8,8 +8,7 @@ from fastslow.data.loaded import LoadedSplit
 from fastslow.errors import FastslowError
 from fastslow.models.config import FastConfig, TextTowerConfig, VisionTowerConfig
 from fastslow.models.fast import FastModel
-from fastslow.teacher_captions import (TeacherCaptionConfig, fast_shortlist, keep_best, teacher_captions,
-                                       with_extra_items)
+from fastslow.train.teacher_captions import TeacherCaptionConfig, fast_shortlist, keep_best, teacher_captions, with_extra_items
 
 POOL = [f"a {c} {s}" for c in ("red", "blue", "green") for s in ("circle", "square")]
 
@@ -84,7 +83,8 @@ def test_with_extra_items_appends_every_item_with_its_captions():
 def test_default_scorer_is_slow_over_each_items_shortlist():
     from test_slow_training import tiny_slow
 
-    from fastslow.slow_training import make_slow_model, slow_features, slow_score_matrix
+    from fastslow.train.slow_training import make_slow_model
+    from fastslow.inference.slow_scores import slow_features, slow_score_matrix
 
     fast, images = tiny_fast(), pixels(3)
     torch.manual_seed(0)

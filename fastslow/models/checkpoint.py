@@ -161,3 +161,13 @@ def load_checkpoint(uri: str, map_location: str | torch.device = "cpu") -> tuple
         first = str(e).strip().splitlines()
         raise FastslowError(f"{weights_uri}: weights do not fit the model ({first[-1].strip() if first else e})") from e
     return model.to(map_location).eval(), manifest
+
+
+def load_model(checkpoint: str, expected: type):
+    """A checkpoint's model, refusing any other model type than `expected` with a clear error."""
+    model, _ = load_checkpoint(checkpoint)
+    if not isinstance(model, expected):
+        name = expected.__name__.removesuffix("Model")
+        raise FastslowError(f"{checkpoint}: expected a {name} checkpoint, found a {type(model).__name__}")
+    return model
+

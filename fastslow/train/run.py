@@ -10,60 +10,27 @@ import numpy as np
 import torch
 
 from fastslow import storage
-from fastslow.config import DataConfig, dump_config
-from fastslow.data.decode import DecodeConfig
-from fastslow.data.loaded import LoadedSplit, load_split
-from fastslow.data.registry import open_dataset
+from fastslow.data.source import DataConfig
+from fastslow.config import dump_config
+from fastslow.data.loaded import LoadedSplit
+from fastslow.data.source import load_data_split, write_report
 from fastslow.errors import FastslowError
-from fastslow.distill import DistillationLoss, precompute_teacher
-from fastslow.eval import RetrievalResult, chance_metrics, metrics_from_ranks, ranks_of_true
+from fastslow.eval.retrieval import result_summary
+from fastslow.models.checkpoint import load_model
+from fastslow.train.distillation import DistillationLoss, precompute_teacher
 from fastslow.log import get_logger
-from fastslow.loop import fit
-from fastslow.models.checkpoint import load_checkpoint, save_checkpoint
+from fastslow.train.loop import fit
+from fastslow.models.checkpoint import save_checkpoint
 from fastslow.models.fast import FastModel
 from fastslow.models.slow import SlowModel
-from fastslow.rerank import fast_topk, fuse_scores, reranked_ranks
-from fastslow.slow_training import (SlowBatches, evaluate_slow, make_slow_model, slow_features, slow_loss,
-                                    slow_score_matrix)
-from fastslow.teacher_captions import add_teacher_captioned
-from fastslow.training import FastBatches, FastRetrieval, embed_split, evaluate_fast, fast_loss
+from fastslow.train.slow_training import SlowBatches, make_slow_model, slow_loss
+from fastslow.eval.retrieval import evaluate_slow
+from fastslow.inference.slow_scores import slow_features
+from fastslow.train.teacher_captions import add_teacher_captioned
+from fastslow.train.fast_training import FastBatches, fast_loss
+from fastslow.eval.retrieval import evaluate_fast
 
 log = get_logger(__name__)
-
-
-def load_data_split(data: DataConfig, split: str | None, image_size: int, progress: bool = True) -> LoadedSplit:
-    """Read and decode one split of the configured dataset, logging what was skipped."""
-    if not data.path:
-        raise FastslowError("data.path is not set: pass --data PATH (a dataset file, folder or s3:// prefix)")
-    reader = open_dataset(data.path, format=data.format, media_root=data.media_root)
-    loaded = load_split(reader, split, DecodeConfig(image_size=image_size, num_frames=data.num_frames),
-                        media=data.media, progress=progress)
-    report = loaded.report
-    log.info(report.summary())
-    for problem in report.problems[:10]:
-        log.warning("skipped %s (%s): %s", problem.id, problem.uri, problem.reason)
-    if len(report.problems) > 10:
-        log.warning("... and %d more skipped items", len(report.problems) - 10)
-    if not loaded.ids:
-        raise FastslowError(f"{data.path}: split {split!r} has no usable items ({report.summary()})")
-    return loaded
-
-
-def write_report(report, uri: str) -> None:
-    """Write the skipped items of a read as JSON lines (nothing lost silently)."""
-    storage.write_text(uri, report.to_jsonl())
-
-
-def result_summary(result: RetrievalResult, split: str | None) -> dict:
-    """Metrics of one evaluation with chance beside them, as a JSON-friendly dict."""
-    return {
-        "split": split,
-        **{k: round(v, 3) for k, v in result.metrics.items()},
-        "ms_per_query": round(result.ms_per_query, 4),
-        "queries": result.num_queries,
-        "gallery": result.gallery_size,
-        "chance": chance_metrics(result.gallery_size),
-    }
 
 
 def _load_train(cfg, size: int, progress: bool) -> LoadedSplit:
@@ -93,7 +60,7 @@ class Training:
     name: str
 
     def fit(self, cfg, progress: bool = True, **loop) -> list[dict]:
-        """Run the optimisation (`loop`: resume / steps_per_epoch / on_step, see fastslow.loop.fit)."""
+        """Run the optimisation (`loop`: resume / steps_per_epoch / on_step, see fastslow.train.loop.fit)."""
         return fit(self.model, self.batches, cfg, self.loss_fn, progress, desc=f"training {self.name}", **loop)
 
 
@@ -192,50 +159,3 @@ def validate(kind: str, cfg, model, progress: bool = True) -> dict:
     return {"val": result_summary(result, cfg.data.val_split)}
 
 
-def load_model(checkpoint: str, expected: type):
-    """A checkpoint's model, refusing any other model type than `expected` with a clear error."""
-    model, _ = load_checkpoint(checkpoint)
-    if not isinstance(model, expected):
-        name = expected.__name__.removesuffix("Model")
-        raise FastslowError(f"{checkpoint}: expected a {name} checkpoint, found a {type(model).__name__}")
-    return model
-
-
-def evaluate_reranked(fast: FastModel, slow: SlowModel, split: LoadedSplit, k: int, fast_weight: float = 0.0,
-                      slow_pixels: np.ndarray | None = None, progress: bool = False) -> RetrievalResult:
-    """Fast retrieves each caption's top k items of the split, Slow re-scores them; ms counts both per query."""
-    emb = embed_split(fast, split, progress=progress)
-    # Items' Slow features are computed offline, like the Fast gallery.
-    features = slow_features(slow, split.pixels if slow_pixels is None else slow_pixels, progress=progress)
-    fast_ranks = ranks_of_true(emb.queries.double() @ emb.gallery.double().T, emb.true_index)
-    ranks, ms = rerank_embedded(emb, fast_ranks, slow, features, k, fast_weight, progress)
-    return RetrievalResult(metrics=metrics_from_ranks(ranks), num_queries=len(emb.texts), gallery_size=len(split.ids),
-                           ms_per_query=ms)
-
-
-def rerank_embedded(emb: FastRetrieval, fast_ranks: np.ndarray, slow: SlowModel, features: torch.Tensor, k: int,
-                    fast_weight: float = 0.0, progress: bool = False) -> tuple[np.ndarray, float]:
-    """Ranks of the true items once Slow re-scores Fast's top k, and the ms per query (text encoding, top k, Slow)."""
-    t0 = time.perf_counter()
-    fast_scores, candidates = fast_topk(emb.queries, emb.gallery, k)
-    slow_scores = slow_score_matrix(slow, features, emb.texts, torch.from_numpy(candidates), progress=progress)
-    seconds = time.perf_counter() - t0
-    ranks = reranked_ranks(fast_ranks, emb.true_index, candidates, fuse_scores(fast_scores, slow_scores, fast_weight))
-    return ranks, emb.encode_ms_per_query + 1000.0 * seconds / len(emb.texts)
-
-
-def run_eval(checkpoint: str, data: DataConfig, split: str | None, progress: bool = True, rerank: str | None = None,
-             k: int = 20, fast_weight: float = 0.0) -> dict:
-    """Evaluate a saved Fast checkpoint on one split; with `rerank` (a Slow checkpoint), Fast top k then Slow."""
-    model = load_model(checkpoint, FastModel)
-    loaded = load_data_split(data, split, model.config.vision.image_size, progress)
-    if rerank is None:
-        return result_summary(evaluate_fast(model, loaded, progress=progress), split)
-    if k < 1:
-        raise FastslowError(f"--k {k}: the number of candidates to re-rank must be at least 1")
-    slow = load_model(rerank, SlowModel)
-    slow_pixels = None
-    if slow.config.vision.image_size != model.config.vision.image_size:
-        slow_pixels = load_data_split(data, split, slow.config.vision.image_size, progress).pixels
-    result = evaluate_reranked(model, slow, loaded, k, fast_weight, slow_pixels, progress)
-    return {**result_summary(result, split), "rerank": rerank, "k": k, "fast_weight": fast_weight}

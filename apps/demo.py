@@ -95,7 +95,7 @@ class Demo:
             self.data, self.seed, spec["size"], self.progress, overrides=spec.get("overrides", [])))
 
     def _train(self, number: int, kind: str, spec: dict, extra: list[str], inputs: dict) -> dict:
-        from fastslow import runs
+        from fastslow.train import run as runs
         from fastslow.config import DistillRunConfig, FastRunConfig, SlowRunConfig, load_config
 
         cls = {"fast": FastRunConfig, "slow": SlowRunConfig, "distill": DistillRunConfig}[kind]
@@ -126,8 +126,8 @@ class Demo:
                           lambda: run_build(cfg))
 
     def evaluate(self, fast: dict, slow: dict, distilled: dict) -> list[dict]:
-        from fastslow.config import DataConfig
-        from fastslow.runs import run_eval
+        from fastslow.data.source import DataConfig
+        from fastslow.eval.retrieval import run_eval
 
         data = DataConfig(path=str(self.data / "images"))
         k = self.plan.rerank_k

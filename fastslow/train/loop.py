@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from fastslow.devices import autocast, model_device
 from fastslow.errors import FastslowError
-from fastslow.losses import distributed_world
+from fastslow.train.losses import distributed_world
 
 
 class Batches(Protocol):

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastslow.losses import gather_with_grad, infonce_loss, local_share
-from fastslow.training import Batch, embed_batch
+from fastslow.train.losses import gather_with_grad, infonce_loss, local_share
+from fastslow.train.fast_training import Batch, embed_batch
 
 
 @dataclass
@@ -61,7 +61,7 @@ def precompute_teacher(teacher, features: torch.Tensor, texts: list[str], captio
                        neighbours: np.ndarray, score_fn=None, progress: bool = False) -> TeacherTable:
     """Score each caption against its item's pool once, before training."""
     if score_fn is None:
-        from fastslow.slow_training import slow_score_matrix as score_fn
+        from fastslow.inference.slow_scores import slow_score_matrix as score_fn
     pool = np.concatenate([np.arange(len(neighbours))[:, None], neighbours], axis=1)
     scores = score_fn(teacher, features, texts, torch.from_numpy(pool[caption_item]), progress=progress)
     return TeacherTable(pool=pool, scores=np.asarray(scores, dtype=np.float64))

@@ -70,7 +70,7 @@ def teacher_captions(fast, teacher, features: torch.Tensor, pixels: np.ndarray, 
     if len(features) != len(pixels):
         raise FastslowError(f"teacher captions: {len(features)} teacher features for {len(pixels)} items")
     if score_fn is None:
-        from fastslow.slow_training import slow_score_matrix as score_fn
+        from fastslow.inference.slow_scores import slow_score_matrix as score_fn
     shortlist = fast_shortlist(fast, pixels, pool, cfg.shortlist)
     n, k = shortlist.shape
     # One row per (item, caption) pair, each against its own item: the scorer's (Q, 1) form.

@@ -8,18 +8,16 @@ only runs the trainable parts.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from fastslow.data.loaded import LoadedSplit
-from fastslow.eval import RetrievalResult, evaluate_embeddings
+from fastslow.inference.fast_embeddings import text_features, visual_features
 from fastslow.log import get_logger
-from fastslow.loop import fit
-from fastslow.losses import infonce_loss
+from fastslow.train.loop import fit
+from fastslow.train.losses import infonce_loss
 
 log = get_logger(__name__)
 
@@ -38,24 +36,6 @@ class FastTrainConfig:
     # Hard-negative batches: each anchor brings this many of its nearest items (0: random batches).
     neighbours: int = 0
     neighbour_pool: int = 8
-
-
-@torch.no_grad()
-def visual_features(model, pixels: np.ndarray, batch_size: int, progress: bool = False, desc: str = "visual") -> torch.Tensor:
-    """Tower features of every item, in order (frozen or not, no gradient)."""
-    out = []
-    for start in tqdm(range(0, len(pixels), batch_size), desc=desc, disable=not progress, leave=False):
-        out.append(model.visual_features(torch.from_numpy(pixels[start : start + batch_size])))
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def text_features(model, texts: list[str], batch_size: int, progress: bool = False, desc: str = "text") -> torch.Tensor:
-    """Tower features of every text, in order (no gradient)."""
-    out = []
-    for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not progress, leave=False):
-        out.append(model.text_features(texts[start : start + batch_size]))
-    return torch.cat(out)
 
 
 @dataclass
@@ -150,43 +130,9 @@ def train_fast(model, train: LoadedSplit, cfg: FastTrainConfig, progress: bool =
     """Train the Fast model; returns the per-step history (loss, temperature, samples/s).
 
     `loss_fn(model, batch) -> (loss, metrics)`; the distillation loss plugs in here. `loop` passes
-    resume / steps_per_epoch / on_step through to `fastslow.loop.fit` (the Ray Train job uses them).
+    resume / steps_per_epoch / on_step through to `fastslow.train.loop.fit` (the Ray Train job uses them).
     """
     batches = batches or FastBatches(model, train, cfg, progress)
     return fit(model, batches, cfg, loss_fn, progress, desc="training fast", **loop)
 
 
-@dataclass
-class FastRetrieval:
-    """A split embedded by the Fast model: every caption a query, every item in the gallery."""
-
-    queries: torch.Tensor  # (Q, E)
-    gallery: torch.Tensor  # (N, E)
-    true_index: np.ndarray  # (Q,) gallery index of each query's item
-    texts: list[str]
-    encode_ms_per_query: float  # text encoding, what each query pays at serving time
-
-
-@torch.no_grad()
-def embed_split(model, split: LoadedSplit, batch_size: int = 64, progress: bool = False) -> FastRetrieval:
-    """Embed a split's gallery (offline) and its captions (timed: a query pays this)."""
-    model.eval()
-    texts, true_index = split.caption_pairs()
-    feats = visual_features(model, split.pixels, batch_size, progress, desc="embedding gallery")
-    gallery = torch.cat([model.embed_visual_features(f) for f in feats.split(batch_size)])
-    t0 = time.perf_counter()
-    queries = torch.cat([model.encode_text(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)])
-    encode_ms = 1000.0 * (time.perf_counter() - t0) / len(texts)
-    return FastRetrieval(queries, gallery, true_index, texts, encode_ms)
-
-
-def evaluate_fast(model, split: LoadedSplit, batch_size: int = 64, progress: bool = False) -> RetrievalResult:
-    """Text-to-visual retrieval of the Fast model over a split.
-
-    The time per query counts what a query costs at serving time: encoding the
-    text and scoring the gallery.
-    """
-    embedded = embed_split(model, split, batch_size, progress)
-    result = evaluate_embeddings(embedded.queries, embedded.gallery, embedded.true_index)
-    result.ms_per_query += embedded.encode_ms_per_query
-    return result

@@ -153,7 +153,7 @@ def _cmd_synth(args) -> dict:
 
 
 def _cmd_train(args) -> dict:
-    from fastslow import runs
+    from fastslow.train import run as runs
     from fastslow.config import DistillRunConfig, FastRunConfig, SlowRunConfig, load_config
 
     config_cls = {"fast": FastRunConfig, "slow": SlowRunConfig, "distill": DistillRunConfig}[args.model]
@@ -207,7 +207,7 @@ def _cmd_search(args) -> dict | None:
 
 
 def _cmd_demo(args) -> dict | None:
-    from fastslow.demo import run_demo
+    from apps.demo import run_demo
 
     run_demo(args.workdir, size=args.size, port=args.port, seed=args.seed, progress=not args.no_progress,
              exit_when_ready=args.exit_when_ready, say=lambda line: print(line, flush=True))
@@ -216,8 +216,9 @@ def _cmd_demo(args) -> dict | None:
 
 def _cmd_eval(args) -> dict:
     from fastslow import storage
-    from fastslow.config import DataConfig, load_config
-    from fastslow.runs import run_eval
+    from fastslow.data.source import DataConfig
+    from fastslow.config import load_config
+    from fastslow.eval.retrieval import run_eval
 
     overrides = [o.removeprefix("data.") for o in _data_overrides(args)] + [f"num_frames={args.num_frames}"]
     data = load_config(DataConfig, None, overrides)

@@ -1,0 +1,54 @@
+"""Which dataset to read (DataConfig), and one split of it read and decoded into memory with its report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastslow import storage
+from fastslow.data.decode import DecodeConfig
+from fastslow.data.loaded import LoadedSplit, load_split
+from fastslow.data.registry import open_dataset
+from fastslow.errors import FastslowError
+from fastslow.log import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass
+class DataConfig:
+    """Which dataset to read and how to decode it; `path` is local or `s3://`."""
+
+    path: str = ""
+    format: str = "auto"
+    media_root: str | None = None
+    media: str | None = None  # "image" or "video"; needed only when a dataset mixes both
+    train_split: str | None = "train"
+    val_split: str | None = "val"
+    test_split: str | None = "test"
+    num_frames: int = 8
+
+
+
+def load_data_split(data: DataConfig, split: str | None, image_size: int, progress: bool = True) -> LoadedSplit:
+    """Read and decode one split of the configured dataset, logging what was skipped."""
+    if not data.path:
+        raise FastslowError("data.path is not set: pass --data PATH (a dataset file, folder or s3:// prefix)")
+    reader = open_dataset(data.path, format=data.format, media_root=data.media_root)
+    loaded = load_split(reader, split, DecodeConfig(image_size=image_size, num_frames=data.num_frames),
+                        media=data.media, progress=progress)
+    report = loaded.report
+    log.info(report.summary())
+    for problem in report.problems[:10]:
+        log.warning("skipped %s (%s): %s", problem.id, problem.uri, problem.reason)
+    if len(report.problems) > 10:
+        log.warning("... and %d more skipped items", len(report.problems) - 10)
+    if not loaded.ids:
+        raise FastslowError(f"{data.path}: split {split!r} has no usable items ({report.summary()})")
+    return loaded
+
+
+
+def write_report(report, uri: str) -> None:
+    """Write the skipped items of a read as JSON lines (nothing lost silently)."""
+    storage.write_text(uri, report.to_jsonl())
+

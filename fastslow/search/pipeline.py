@@ -1,0 +1,124 @@
+"""One query's flow, written once: encode -> every shard -> merge -> re-rank the head -> the answer.
+
+`answer_query` takes its stages as async callables (`QueryStages`). `SearchPipeline` supplies local
+ones over this package's classes and runs the flow in this process, with no event loop; the Serve
+ingress (`serve_app/ingress.py`) supplies remote calls with timeouts and degradation. Both answer
+with the same JSON shape.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastslow.errors import FastslowError
+from fastslow.index.publish import current_version
+from fastslow.search.answer import merge_hits, public_hit, reranked_top, search_depth, stage_timings
+from fastslow.search.encoder import QueryEncoder
+from fastslow.search.reranker import Reranker
+from fastslow.search.shard import ShardSearcher
+
+NO_RERANKER = "no re-ranker is configured (slow_checkpoint is empty)"
+
+
+@dataclass
+class SearchRequest:
+    """One query: the k results wanted, and whether Fast's first rerank_k are re-ranked by Slow."""
+
+    query: str
+    k: int = 10
+    rerank: bool = True
+    rerank_k: int = 20
+
+
+class NoShardAnswered(FastslowError):
+    """Every index shard failed or timed out: there is nothing to answer with."""
+
+
+@dataclass
+class QueryStages:
+    """The stages of one query. `retrieve` gives each answering shard's hits and, per failed shard, why;
+    `rerank` gives Slow's scores of the head (None where an item could not be scored), or None and why not."""
+
+    encode: Callable[[str], Awaitable[np.ndarray]]
+    retrieve: Callable[[np.ndarray, int], Awaitable[tuple[list[list[dict]], dict[str, str]]]]
+    rerank: Callable[[str, list[dict]], Awaitable[tuple[list[float | None] | None, str | None]]]
+    num_shards: int
+    metric: str = "ip"
+    fast_weight: float = 0.0
+
+
+async def answer_query(stages: QueryStages, req: SearchRequest, version: str | None) -> dict:
+    """The answer to `req`: results with both scores, whether it was re-ranked or degraded, shards, timings."""
+    t0 = time.perf_counter()
+    vector = await stages.encode(req.query)
+    t1 = time.perf_counter()
+    depth = search_depth(req.k, req.rerank, req.rerank_k)
+    parts, failed = await stages.retrieve(vector, depth)
+    if not parts:
+        raise NoShardAnswered(f"no index shard answered: {'; '.join(failed.values())}")
+    hits = merge_hits(parts, depth, stages.metric)
+    t2 = time.perf_counter()
+    degraded, reason, top = False, None, hits[: req.k]
+    if req.rerank and hits:
+        scores, reason = await stages.rerank(req.query, hits[: req.rerank_k])
+        if scores is None:
+            degraded = True
+        else:
+            top = reranked_top(hits, scores, req.k, req.rerank_k, stages.fast_weight)
+    t3 = time.perf_counter()
+    answered = sorted(set(range(stages.num_shards)) - {int(s) for s in failed})
+    return {"query": req.query, "results": [public_hit(h, i + 1) for i, h in enumerate(top)],
+            "reranked": req.rerank and not degraded, "degraded": degraded, "degraded_reason": reason,
+            "partial": bool(failed), "shards": {"answered": answered, "failed": failed},
+            "index_version": version, "timings_ms": stage_timings(t0, t1, t2, t3)}
+
+
+def run_local(coro):
+    """The result of a coroutine whose awaits all complete at once (local stages), without an event loop, so it
+    also runs inside a notebook's running loop."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("a local query stage suspended; local stages must not await real I/O")
+
+
+class SearchPipeline:
+    """Every stage in one process: the reference the Serve graph must equal, and its overhead baseline."""
+
+    def __init__(self, index_root: str, fast_checkpoint: str, slow_checkpoint: str | None,
+                 version: str | None = None, fast_weight: float = 0.0, nprobe: int | None = None,
+                 ef_search: int | None = None):
+        self.encoder = QueryEncoder(fast_checkpoint)
+        version = version or current_version(index_root)
+
+        def shard(s: int) -> ShardSearcher:
+            return ShardSearcher(index_root, s, version, self.encoder.dim, self.encoder.weights_sha256, nprobe,
+                                 ef_search)
+
+        first = shard(0)
+        self.shards = [first] + [shard(s) for s in range(1, first.num_shards)]
+        self.reranker = Reranker(slow_checkpoint, first.num_frames) if slow_checkpoint else None
+        self.version = first.version
+        self.stages = QueryStages(self._encode, self._retrieve, self._rerank, len(self.shards), first.metric,
+                                  fast_weight)
+
+    async def _encode(self, query: str) -> np.ndarray:
+        return self.encoder.encode([query])[0]
+
+    async def _retrieve(self, vector: np.ndarray, depth: int) -> tuple[list[list[dict]], dict[str, str]]:
+        return [s.search(vector[None], depth)[0] for s in self.shards], {}
+
+    async def _rerank(self, query: str, head: list[dict]) -> tuple[list[float | None] | None, str | None]:
+        if self.reranker is None:
+            return None, NO_RERANKER
+        return self.reranker.score([query], [head])[0], None
+
+    def search(self, req: SearchRequest) -> dict:
+        """The answer to one query, shaped as the Serve endpoint's."""
+        return run_local(answer_query(self.stages, req, self.version))

@@ -1,0 +1,100 @@
+"""Slow re-scoring of each query's candidates, with the candidates' visual features decoded once and cached."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from fastslow.data.decode import DecodeConfig, decode_sample
+from fastslow.data.types import Sample
+from fastslow.devices import autocast, best_device
+from fastslow.errors import DecodeError
+from fastslow.inference.slow_scores import slow_features, slow_score_matrix
+from fastslow.models.checkpoint import load_model
+from fastslow.models.slow import SlowModel
+
+
+class ItemFeatures:
+    """Slow's visual features of items, decoded from their URIs on first use and kept in an LRU cache."""
+
+    def __init__(self, model: SlowModel, num_frames: int = DecodeConfig.num_frames, capacity: int = 20000):
+        self.model, self.capacity = model, capacity
+        self.decode = DecodeConfig(image_size=model.config.vision.image_size, num_frames=num_frames)
+        self.cache: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, hits: list[dict]) -> tuple[torch.Tensor, list[str]]:
+        """(features of the hits that decode, stacked in order; an error per hit, '' where it decoded)."""
+        errors, out, missing = [""] * len(hits), [None] * len(hits), {}
+        with self.lock:
+            for i, h in enumerate(hits):
+                key = (h["media"], h["uri"])
+                if key in self.cache:
+                    self.cache.move_to_end(key)
+                    out[i] = self.cache[key]
+                else:
+                    missing.setdefault(key, []).append(i)
+        if missing:
+            pixels, keys = [], []
+            for key, where in missing.items():
+                try:
+                    pixels.append(decode_sample(Sample(id=hits[where[0]]["id"], media=key[0], uri=key[1],
+                                                       captions=[]), self.decode))
+                    keys.append(key)
+                except DecodeError as e:
+                    for i in where:
+                        errors[i] = f"{key[1]}: {e}"
+            by_shape: dict[tuple, list[int]] = {}
+            for j, p in enumerate(pixels):
+                by_shape.setdefault(p.shape, []).append(j)
+            for js in by_shape.values():
+                feats = slow_features(self.model, np.stack([pixels[j] for j in js]))
+                with self.lock:
+                    for j, f in zip(js, feats):
+                        self.cache[keys[j]] = f
+                        for i in missing[keys[j]]:
+                            out[i] = f
+                    while len(self.cache) > self.capacity:
+                        self.cache.popitem(last=False)
+        good = [f for f in out if f is not None]
+        return (torch.stack(good) if good else torch.zeros(0)), errors
+
+
+
+class Reranker:
+    """Slow scores each query's candidates, in one pass over all queries of a batch."""
+
+    def __init__(self, checkpoint: str, num_frames: int = DecodeConfig.num_frames, cache_items: int = 20000,
+                 threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = best_device()
+        self.model = load_model(checkpoint, SlowModel).eval().to(self.device)
+        self.features = ItemFeatures(self.model, num_frames, cache_items)
+
+    def score(self, queries: list[str], candidates: list[list[dict]]) -> list[list[float | None]]:
+        """Slow score of each candidate of each query (None for an item whose media could not be decoded)."""
+        flat = [h for hits in candidates for h in hits]
+        feats, errors = self.features.get(flat)
+        decoded = np.array([not e for e in errors], dtype=bool)
+        position = np.cumsum(decoded) - 1  # flat candidate -> row of feats
+        width = max((len(h) for h in candidates), default=0)
+        grid = np.zeros((len(queries), width), dtype=np.int64)
+        valid = np.zeros((len(queries), width), dtype=bool)
+        start = 0
+        for q, hits in enumerate(candidates):
+            span = slice(start, start + len(hits))
+            grid[q, : len(hits)] = np.where(decoded[span], position[span], 0)
+            valid[q, : len(hits)] = decoded[span]
+            start += len(hits)
+        scores = np.zeros(grid.shape)
+        if valid.any():
+            # Padding and undecodable slots score item 0 and are masked out below.
+            with autocast(self.device):
+                scores = slow_score_matrix(self.model, feats, list(queries), torch.from_numpy(grid))
+        return [[float(scores[q, c]) if valid[q, c] else None for c in range(len(hits))]
+                for q, hits in enumerate(candidates)]
+
