@@ -116,14 +116,14 @@ class Demo:
 
     def index(self, fast_checkpoint: str) -> dict:
         from fastslow.config import IndexRunConfig, load_config
-        from jobs.build_index import run_build
+        from fastslow.index.build import build_index
 
         spec = self.plan.index
         overrides = [f"data.path={json.dumps(str(self.data / 'images'))}", f"checkpoint={json.dumps(fast_checkpoint)}",
                      f"root={json.dumps(str(self.runs / 'index'))}", *spec.get("overrides", [])]
         cfg = load_config(IndexRunConfig, str(CONFIGS / spec["config"]), overrides)
         return self._step(5, "index", {"overrides": overrides, "model": _weights(fast_checkpoint)},
-                          lambda: run_build(cfg))
+                          lambda: build_index(cfg))
 
     def evaluate(self, fast: dict, slow: dict, distilled: dict) -> list[dict]:
         from fastslow.data.source import DataConfig

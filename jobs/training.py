@@ -20,10 +20,11 @@ import time
 import torch
 
 from fastslow import storage
-from fastslow.config import DistillRunConfig, FastRunConfig, SlowRunConfig, dump_config
+from fastslow.config import DistillRunConfig, FastRunConfig, SlowRunConfig
 from fastslow.errors import FastslowError
 from fastslow.log import get_logger
-from fastslow.train.loop import TrainState
+from fastslow.train.artifacts import CHECKPOINT, save_model, write_skipped, write_summary
+from fastslow.train.loop import TrainState, worker_batch_size
 from fastslow.models.checkpoint import load_checkpoint, read_manifest, save_checkpoint
 from fastslow.models.config import dataclass_from_dict, dataclass_to_dict
 
@@ -113,6 +114,9 @@ def train_loop_per_worker(config: dict) -> None:
     cfg = dataclass_from_dict(RUN_CONFIGS[kind], config["config"], where="job config")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # train.batch_size is the global batch: each of the W workers takes its share, and the losses gather the
+    # others' (so W workers optimise what one process with the same config does).
+    cfg.train.batch_size = worker_batch_size(cfg.train.batch_size, world)
     torch.set_num_threads(max(1, int(cfg.job.cpus_per_worker)))  # as many threads as CPUs reserved
     shard = ray.train.get_dataset_shard("train")
     split = split_from_rows(shard.iter_batches(batch_size=256, batch_format="numpy"), config["media"])
@@ -157,10 +161,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     run.fit(cfg.train, progress=False, resume=resume, steps_per_epoch=per_epoch, on_step=on_step)
     if rank == 0:
-        final = storage.join(cfg.out, "checkpoint")
-        save_checkpoint(run.model, final, extra={"train_summary": summary(total)})
-        storage.write_text(storage.join(cfg.out, HISTORY_FILE), json.dumps(history))
-        say(f"final checkpoint: {final}")
+        say(f"final checkpoint: {save_model(cfg, run.model, history, summary(total))}")
 
 
 # ---- on the driver -------------------------------------------------------------------------------------
@@ -188,38 +189,28 @@ def _uri(path: str, fs) -> str:
     return path if fs is None else f"{storage.S3_PREFIX}{path}"
 
 
-def run_job(kind: str, cfg, address: str | None = None) -> dict:
-    """Read the data with Ray Data, train with TorchTrainer, evaluate the final checkpoint on validation."""
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+def check_job(kind: str, cfg) -> None:
+    """Refuse a job's settings before Ray starts: those of any run (fastslow.train.run.check_run), then the job's own."""
+    from fastslow.train.run import check_run
 
-    from actors.decode import read_split
-    from cluster.connect import connect
-    from cluster.resources import use_gpu, worker_resources
-    from fastslow.models.slow import build_output_vocab
-    from fastslow.train.run import distill_teacher, validate
-
-    started = time.time()
-    if not cfg.data.path:
-        raise FastslowError("data.path is not set: pass --data PATH (a dataset file, folder or s3:// prefix)")
-    resolve_paths(cfg)
+    teacher = check_run(kind, cfg)  # a wrong setting or teacher fails before any data is read
+    worker_batch_size(cfg.train.batch_size, cfg.job.num_workers)
     if kind == "distill":
         if cfg.transfer.items:
             raise FastslowError("transfer.items: the Ray job does not caption a transfer set yet; run "
                                 "`fastslow train distill` with transfer.items and transfer.fast, or leave them empty")
-        teacher = distill_teacher(cfg)  # a wrong teacher fails before any data is read
         if teacher.config.vision.image_size != cfg.model.vision.image_size:
             raise FastslowError(f"teacher {cfg.teacher}: its image size {teacher.config.vision.image_size} differs "
                                 f"from the student's {cfg.model.vision.image_size}; the job needs them equal")
-    connect(address)
-    dataset, report, media = read_split(cfg.data, cfg.data.train_split, cfg.model.vision.image_size)
-    log.info(report.summary())
-    storage.write_text(storage.join(cfg.out, "skipped_train.jsonl"), report.to_jsonl())
-    if kind == "slow" and cfg.model.output_vocab is None:
-        # Every worker's decoder must predict over the same tokens: the vocabulary of all training captions.
-        captions = [c for batch in dataset.select_columns(["captions"]).iter_batches(batch_format="numpy")
-                    for caps in batch["captions"] for c in json.loads(caps)]
-        cfg.model.output_vocab = build_output_vocab(captions, cfg.model.text)
+
+
+def _trainer(kind: str, cfg, dataset, media: str):
+    """The TorchTrainer of a run: W workers over the dataset's shards, checkpoints under job.storage."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from cluster.resources import use_gpu, worker_resources
+
     job = cfg.job
     gpu = use_gpu(job.use_gpu)
     name = job.run_name or storage.basename(cfg.out)
@@ -235,17 +226,38 @@ def run_job(kind: str, cfg, address: str | None = None) -> dict:
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
         datasets={"train": dataset},
     )
+    return trainer, name, fs
+
+
+def run_job(kind: str, cfg, address: str | None = None) -> dict:
+    """Read the data with Ray Data, train with TorchTrainer, evaluate the final checkpoint on validation."""
+    from actors.decode import read_split
+    from cluster.connect import connect
+    from fastslow.models.slow import build_output_vocab
+    from fastslow.train.run import validate
+
+    started = time.time()
+    check_job(kind, cfg)
+    resolve_paths(cfg)
+    connect(address)
+    dataset, report, media = read_split(cfg.data, cfg.data.train_split, cfg.model.vision.image_size)
+    log.info(report.summary())
+    write_skipped(cfg, report)
+    if kind == "slow" and cfg.model.output_vocab is None:
+        # Every worker's decoder must predict over the same tokens: the vocabulary of all training captions.
+        captions = [c for batch in dataset.select_columns(["captions"]).iter_batches(batch_format="numpy")
+                    for caps in batch["captions"] for c in json.loads(caps)]
+        cfg.model.output_vocab = build_output_vocab(captions, cfg.model.text)
+    trainer, name, fs = _trainer(kind, cfg, dataset, media)
     result = trainer.fit()
-    final = storage.join(cfg.out, "checkpoint")
+    final = storage.join(cfg.out, CHECKPOINT)
     model, manifest = load_checkpoint(final)
     summary = {"kind": kind, "run_name": name, "train_items": report.used, "skipped": len(report.problems),
                **manifest["extra"]["train_summary"], "checkpoint": final,
                "ray_checkpoint": _uri(result.checkpoint.path, fs) if result.checkpoint else None}
     summary.update(validate(kind, cfg, model, progress=False))
-    storage.write_text(storage.join(cfg.out, "config.yaml"), dump_config(cfg))
     summary["seconds"] = round(time.time() - started, 1)
-    storage.write_text(storage.join(cfg.out, "summary.json"), json.dumps(summary, indent=2))
-    return summary
+    return write_summary(cfg, summary)
 
 
 def main(kind: str, argv: list[str] | None = None) -> int:

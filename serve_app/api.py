@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fastslow.search.request import SearchRequest
+
 
 class SearchBody(BaseModel):
     """A search. Limits (query length, k, rerank_k) are the app's `limits`; /healthz lists them."""
@@ -11,9 +13,9 @@ class SearchBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query: str = Field(description="what to look for, in words")
-    k: int = Field(10, description="results to answer with")
-    rerank: bool = Field(True, description="re-rank Fast's top rerank_k with Slow")
-    rerank_k: int = Field(20, description="how many of Fast's best Slow re-scores")
+    k: int = Field(SearchRequest.k, description="results to answer with")
+    rerank: bool = Field(SearchRequest.rerank, description="re-rank Fast's top rerank_k with Slow")
+    rerank_k: int = Field(SearchRequest.rerank_k, description="how many of Fast's best Slow re-scores")
 
 
 class Hit(BaseModel):

@@ -7,9 +7,11 @@ import urllib.error
 import urllib.request
 
 from fastslow.errors import FastslowError
+from fastslow.search.request import SearchRequest
 
 
-def search(url: str, query: str, k: int = 10, rerank: bool = True, rerank_k: int = 20, timeout: float = 30.0,
+def search(url: str, query: str, k: int = SearchRequest.k, rerank: bool = SearchRequest.rerank,
+           rerank_k: int = SearchRequest.rerank_k, timeout: float = 30.0,
            api_key: str | None = None) -> dict:
     """POST URL/search; the answer, or a FastslowError with the server's own reason."""
     body = json.dumps({"query": query, "k": k, "rerank": rerank, "rerank_k": rerank_k}).encode()

@@ -1,7 +1,8 @@
 """Settings of the Serve application: the `args:` of its entry in a Serve config YAML (configs/serve_*.yaml).
 
 Replica counts, autoscaling and queue bounds are Serve's own deployment options and live in the
-YAML's `deployments:` list; defaults are on the deployment classes.
+YAML's `deployments:` list only (the retriever shards and the optional encoder, which the YAML cannot
+name ahead of time, keep theirs on their classes).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ class Limits:
 @dataclass
 class ServeAppConfig:
     index_root: str = "runs/index"  # versions/ and CURRENT (local or s3://)
-    index_version: str = ""  # "" = the version CURRENT names when the app starts; change it to swap versions
     fast_checkpoint: str = ""  # must be the model the index was built with (checked against the manifest)
     slow_checkpoint: str = ""  # "" = no re-ranker; requests asking for re-ranking are answered degraded
     shards: int = 0  # 0 = as many as the index version has; otherwise must match it

@@ -99,13 +99,9 @@ class ShardRetriever:
         return version in self.versions
 
 
-@serve.deployment(
-    max_ongoing_requests=8, max_queued_requests=32, ray_actor_options={"num_cpus": 0.5},
-    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2,
-                        "upscale_delay_s": 3, "downscale_delay_s": 10},
-    # The fault knob is for drills and tests: {"fault": "error"} fails every call, {"fault": "slow"} stalls.
-    user_config={"fault": None},
-)
+# Queue bounds, autoscaling and user_config (the fault knob for drills and tests: {"fault": "error"} fails every
+# call, {"fault": "slow"} stalls) are set in the Serve config YAML's `deployments:` only (configs/serve_synth.yaml).
+@serve.deployment(ray_actor_options={"num_cpus": 0.5})
 class SlowReranker:
     """The Slow model; the candidates of concurrent requests are scored in one pass."""
 

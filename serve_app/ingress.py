@@ -97,8 +97,9 @@ def _reason(e: BaseException, what: str, timeout_s: float) -> str:
     return f"{what} failed: {first[:200]}"
 
 
-@serve.deployment(max_ongoing_requests=64, max_queued_requests=512, ray_actor_options={"num_cpus": 0.25},
-                  backpressure_config={"retry_after_s": 1}, user_config={"index_version": ""})
+# Queue bounds, backpressure and user_config (the live index version) are set in the Serve config YAML's
+# `deployments:` only (configs/serve_synth.yaml), the one way the app is deployed.
+@serve.deployment(ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(app)
 class Ingress:
     def __init__(self, cfg: ServeAppConfig, retrievers: list[DeploymentHandle], reranker: DeploymentHandle | None,

@@ -25,7 +25,7 @@ class DataConfig:
     train_split: str | None = "train"
     val_split: str | None = "val"
     test_split: str | None = "test"
-    num_frames: int = 8
+    num_frames: int = DecodeConfig.num_frames
 
 
 

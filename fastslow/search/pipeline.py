@@ -18,20 +18,11 @@ from fastslow.errors import FastslowError
 from fastslow.index.publish import current_version
 from fastslow.search.answer import merge_hits, public_hit, reranked_top, search_depth, stage_timings
 from fastslow.search.encoder import QueryEncoder
+from fastslow.search.request import SearchRequest
 from fastslow.search.reranker import Reranker
 from fastslow.search.shard import ShardSearcher
 
 NO_RERANKER = "no re-ranker is configured (slow_checkpoint is empty)"
-
-
-@dataclass
-class SearchRequest:
-    """One query: the k results wanted, and whether Fast's first rerank_k are re-ranked by Slow."""
-
-    query: str
-    k: int = 10
-    rerank: bool = True
-    rerank_k: int = 20
 
 
 class NoShardAnswered(FastslowError):

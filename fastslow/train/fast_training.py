@@ -27,7 +27,7 @@ class FastTrainConfig:
     """Optimisation settings of the Fast model."""
 
     epochs: int = 10
-    batch_size: int = 128
+    batch_size: int = 128  # the global batch: items per optimizer step, over all workers of a Ray job together
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_steps: int = 50

@@ -140,3 +140,11 @@ def fit(model: torch.nn.Module, batches: Batches, cfg, loss_fn: Callable, progre
     bar.close()
     model.eval()
     return history
+
+
+def worker_batch_size(batch_size: int, workers: int) -> int:
+    """Each of `workers` data-parallel workers' share of the global `batch_size` (which must divide evenly)."""
+    if batch_size % workers:
+        raise FastslowError(f"train.batch_size={batch_size} is the global batch: it must be a multiple of "
+                            f"job.num_workers={workers} (each worker takes an equal share)")
+    return batch_size // workers

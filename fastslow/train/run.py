@@ -1,26 +1,24 @@
-"""What the `fastslow train` and `fastslow eval` commands do, on any supported dataset."""
+"""One training run in this process: check the settings, load, prepare, fit, save the same artifacts as the Ray
+job (fastslow/train/artifacts.py). `prepare_training` is also what every Ray Train worker runs on its shard."""
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from fastslow import storage
 from fastslow.data.source import DataConfig
-from fastslow.config import dump_config
 from fastslow.data.loaded import LoadedSplit
-from fastslow.data.source import load_data_split, write_report
+from fastslow.data.source import load_data_split
 from fastslow.errors import FastslowError
 from fastslow.eval.retrieval import result_summary
 from fastslow.models.checkpoint import load_model
 from fastslow.train.distillation import DistillationLoss, precompute_teacher
 from fastslow.log import get_logger
 from fastslow.train.loop import fit
-from fastslow.models.checkpoint import save_checkpoint
+from fastslow.train.artifacts import save_model, write_skipped, write_summary
 from fastslow.models.fast import FastModel
 from fastslow.models.slow import SlowModel
 from fastslow.train.slow_training import SlowBatches, make_slow_model, slow_loss
@@ -33,21 +31,15 @@ from fastslow.eval.retrieval import evaluate_fast
 log = get_logger(__name__)
 
 
-def _load_train(cfg, size: int, progress: bool) -> LoadedSplit:
-    train = load_data_split(cfg.data, cfg.data.train_split, size, progress)
-    write_report(train.report, storage.join(cfg.out, "skipped_train.jsonl"))
-    return train
+def check_run(kind: str, cfg) -> SlowModel | None:
+    """Refuse a run's settings before any data is read; the teacher of a distillation run (None otherwise).
 
-
-def _finish_run(cfg, model, history: list[dict], summary: dict, started: float) -> dict:
-    """Save the checkpoint, config and history of a run under `cfg.out`; the summary gains the checkpoint path."""
-    summary.update(steps=len(history), final_loss=history[-1]["loss"] if history else None)
-    checkpoint = storage.join(cfg.out, "checkpoint")
-    save_checkpoint(model, checkpoint, extra={"train_summary": summary})
-    storage.write_text(storage.join(cfg.out, "config.yaml"), dump_config(cfg))
-    storage.write_text(storage.join(cfg.out, "history.json"), json.dumps(history))
-    summary.update(checkpoint=checkpoint, seconds=round(time.time() - started, 1))
-    return summary
+    Both the one-process run and the Ray job call this first."""
+    if kind not in ("fast", "slow", "distill"):
+        raise FastslowError(f"unknown training kind {kind!r} (expected fast, slow or distill)")
+    if not cfg.data.path:
+        raise FastslowError("data.path is not set: pass --data PATH (a dataset file, folder or s3:// prefix)")
+    return distill_teacher(cfg) if kind == "distill" else None
 
 
 @dataclass
@@ -106,19 +98,24 @@ def prepare_training(kind: str, cfg, split: LoadedSplit, progress: bool = True, 
 def run_training(kind: str, cfg, progress: bool = True) -> dict:
     """`fastslow train KIND`: train in this process, evaluate on the validation split, save the checkpoint to `cfg.out`."""
     started = time.time()
-    teacher = distill_teacher(cfg) if kind == "distill" else None  # a wrong teacher fails before the data is read
-    train = _load_train(cfg, cfg.model.vision.image_size, progress)
+    teacher = check_run(kind, cfg)  # a wrong setting or teacher fails before the data is read
+    train = load_data_split(cfg.data, cfg.data.train_split, cfg.model.vision.image_size, progress)
+    write_skipped(cfg, train.report)
     teacher_pixels = None
     if teacher is not None and teacher.config.vision.image_size != cfg.model.vision.image_size:
         teacher_pixels = load_data_split(cfg.data, cfg.data.train_split, teacher.config.vision.image_size,
                                          progress).pixels
-    summary = {"train_items": len(train.ids), **({"teacher": cfg.teacher} if kind == "distill" else {})}
+    summary = {"kind": kind, "train_items": len(train.ids), "skipped": len(train.report.problems),
+               **({"teacher": cfg.teacher} if kind == "distill" else {})}
     if kind == "distill" and cfg.transfer.items:
         train, teacher_pixels, summary["transfer"] = add_transfer_set(cfg, train, teacher, teacher_pixels, progress)
     run = prepare_training(kind, cfg, train, progress, teacher, teacher_pixels)
     history = run.fit(cfg.train, progress)
     summary.update(validate(kind, cfg, run.model, progress))
-    return _finish_run(cfg, run.model, history, summary, started)
+    summary.update(steps=len(history), final_loss=history[-1]["loss"] if history else None)
+    summary["checkpoint"] = save_model(cfg, run.model, history, dict(summary))
+    summary["seconds"] = round(time.time() - started, 1)
+    return write_summary(cfg, summary)
 
 
 def add_transfer_set(cfg, train: LoadedSplit, teacher: SlowModel, teacher_pixels: np.ndarray | None,
@@ -133,7 +130,7 @@ def add_transfer_set(cfg, train: LoadedSplit, teacher: SlowModel, teacher_pixels
                             f"from the student's {size}; shortlist with a Fast model of the student's size")
     data = DataConfig(path=t.items, media=cfg.data.media, num_frames=cfg.data.num_frames)
     items = load_data_split(data, None, size, progress)
-    write_report(items.report, storage.join(cfg.out, "skipped_transfer.jsonl"))
+    write_skipped(cfg, items.report, "skipped_transfer.jsonl")
     if not items.ids:
         raise FastslowError(f"transfer.items {t.items}: no readable items ({items.report.summary()})")
     if items.media != train.media:

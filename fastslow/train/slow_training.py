@@ -27,7 +27,7 @@ class SlowTrainConfig:
     """Optimisation settings of the Slow model."""
 
     epochs: int = 10  # the synthetic benchmark: 15 for its 4,000 images (10 is seed-sensitive), 25 for its 1,200 videos
-    batch_size: int = 16  # small batches at a high rate learned binding far faster than 64 at 5e-4
+    batch_size: int = 16  # global (over all workers of a Ray job); small batches at a high rate learned binding far faster than 64 at 5e-4
     lr: float = 3e-3
     weight_decay: float = 0.01
     warmup_steps: int = 50

@@ -1,0 +1,68 @@
+"""Ray Data stages of indexing, one partition of items per row: decode (CPU tasks), embed (an actor pool holding
+the Fast model), write (the partition's Parquet file and its errors).
+
+Each stage only carries a partition between Ray Data rows and the core's partition steps
+(`fastslow.index.partition`), which the local executor runs in one process: pixels and vectors
+travel as .npy bytes (a partition's items may be images or videos, of any count), items and
+errors as JSON text.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+
+from fastslow.data.decode import DecodeConfig
+from fastslow.index.partition import PartitionEmbedder, decode_partition, write_partition
+
+
+def _npy(a: np.ndarray | None) -> bytes:
+    if a is None:
+        return b""
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _array(blob: bytes) -> np.ndarray | None:
+    return np.load(io.BytesIO(blob), allow_pickle=False) if blob else None
+
+
+def decode_stage(batch: dict, cfg: DecodeConfig) -> dict:
+    """map_batches (batch_size=1): a partition's items -> stacked pixels of the decodable ones, and the rest as errors."""
+    out = {"partition": [], "items": [], "errors": [], "pixels": []}
+    for partition, items_json in zip(batch["partition"], batch["items"]):
+        decoded = decode_partition(int(partition), json.loads(items_json), cfg)
+        out["partition"].append(decoded.partition)
+        out["items"].append(json.dumps(decoded.items))
+        out["errors"].append(json.dumps(decoded.errors))
+        out["pixels"].append(_npy(decoded.pixels))
+    return {k: np.array(v, dtype=object) if k != "partition" else np.array(v) for k, v in out.items()}
+
+
+class FastEmbedder:
+    """Actor of the embedding pool: loads the Fast checkpoint once, embeds each partition in mini-batches."""
+
+    def __init__(self, checkpoint: str, batch_size: int = 64):
+        self.embedder = PartitionEmbedder(checkpoint, batch_size)
+
+    def __call__(self, batch: dict) -> dict:
+        embeddings = [_npy(self.embedder.embed(pixels)) if (pixels := _array(blob)) is not None else b""
+                      for blob in batch["pixels"]]
+        return {"partition": batch["partition"], "items": batch["items"], "errors": batch["errors"],
+                "embeddings": np.array(embeddings, dtype=object)}
+
+
+def write_stage(batch: dict, build_dir: str) -> dict:
+    """map_batches (batch_size=1): write the partition's errors, then its embeddings (the file that marks it done)."""
+    counts = {"partition": [], "indexed": [], "errors": []}
+    for partition, items_json, errors_json, blob in zip(batch["partition"], batch["items"], batch["errors"],
+                                                        batch["embeddings"]):
+        vectors = _array(blob)
+        done = write_partition(build_dir, int(partition), json.loads(items_json), json.loads(errors_json),
+                               vectors if vectors is not None else np.zeros((0, 0), np.float32))
+        for k in counts:
+            counts[k].append(done[k])
+    return {k: np.array(v) for k, v in counts.items()}

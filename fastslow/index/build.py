@@ -1,0 +1,242 @@
+"""The whole index build, Ray-free: rows -> partition plan -> version name -> partitions -> collect -> FAISS shards
+-> publish, as a pipeline (`IndexBuild`) and a local, sequential executor (`build_index`).
+
+    build = IndexBuild.prepare(cfg)          # checks, reads the items, names the version, writes/checks the plan
+    for p in build.pending():                # the partitions with no output yet
+        build.run_partition(p)               # decode, embed, write ONE partition in this process
+    summary = build.finish()                 # collect, write the version, publish CURRENT
+
+Resumable: the version name is derived from the model, the items and the settings, each
+partition's output is written last and in one piece, and a build run again skips the partitions
+already written, so a build killed at any point finishes the same index. Every item read ends
+up indexed or in the version's errors.jsonl with its id and reason. `jobs.index_job` runs the
+same pipeline with the partitions spread over a Ray cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from fastslow import storage
+from fastslow.config import IndexRunConfig
+from fastslow.data.decode import DecodeConfig
+from fastslow.data.types import ReadReport
+from fastslow.errors import FastslowError
+from fastslow.index import partition as parts
+from fastslow.log import get_logger
+
+log = get_logger(__name__)
+
+PLAN = "plan.json"
+
+
+def absolute_path(uri: str) -> str:
+    """s3:// and absolute paths as they are; a relative path made absolute against this process's working directory."""
+    if storage.is_s3(uri) or os.path.isabs(uri):
+        return uri
+    return os.path.abspath(uri)
+
+
+def index_rows(cfg: IndexRunConfig) -> tuple[list[dict], ReadReport]:
+    """Every sample of the dataset as a row, sorted by id; duplicate ids after the first are reported."""
+    from fastslow.data.registry import open_dataset
+
+    reader = open_dataset(cfg.data.path, format=cfg.data.format, media_root=cfg.data.media_root)
+    report = ReadReport(source=f"{reader.source} [{cfg.split or 'all'}]")
+    rows, seen = [], set()
+    for s in reader.samples(cfg.split, report):
+        if s.id in seen:
+            report.skip(s.id, s.uri, "duplicate id (the first item with this id is indexed)")
+            continue
+        if cfg.data.media and s.media != cfg.data.media:
+            report.skip(s.id, s.uri, f"not {'an image' if cfg.data.media == 'image' else 'a video'}")
+            continue
+        seen.add(s.id)
+        rows.append({"id": s.id, "media": s.media, "uri": s.uri, "captions": list(s.captions)})
+    rows.sort(key=lambda r: r["id"])
+    return rows, report
+
+
+def collection_root(cfg: IndexRunConfig, resolve: Callable[[str], str] = absolute_path) -> str:
+    """Where the collection's media lie: data.media_root, else the dataset's folder (absolute, or an s3:// prefix)."""
+    if cfg.data.media_root:
+        return resolve(cfg.data.media_root)
+    path = resolve(cfg.data.path)
+    return path if storage.is_dir(path) else storage.parent(path)
+
+
+def plan_partitions(rows: list[dict], size: int) -> list[list[dict]]:
+    """Images then videos (a partition holds one media type), each in id order, in slices of `size`."""
+    plan = []
+    for media in ("image", "video"):
+        of_media = [r for r in rows if r["media"] == media]
+        plan += [of_media[i : i + size] for i in range(0, len(of_media), size)]
+    return plan
+
+
+def version_name(model_sha: str, rows: list[dict], cfg: IndexRunConfig) -> str:
+    """A name fixed by what the build depends on: a resubmitted build finds its own partitions."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"model": model_sha, "index": vars(cfg.index), "frames": cfg.data.num_frames,
+                         "partition_size": cfg.embed.partition_size}, sort_keys=True).encode())
+    for r in rows:
+        h.update(f"{r['id']}\t{r['uri']}\n".encode())
+    return "v-" + h.hexdigest()[:12]
+
+
+def check_plan(build_dir: str, plan: list[list[dict]]) -> None:
+    """Write the build's plan, or check it is the one already there (a build dir is never reused for another)."""
+    text = json.dumps([[r["id"] for r in part] for part in plan])
+    uri = storage.join(build_dir, PLAN)
+    if storage.exists(uri):
+        if storage.read_text(uri) != text:
+            raise FastslowError(f"{build_dir}: holds a build of other items; choose another version name")
+        return
+    storage.write_text(uri, text)
+
+
+def collect(build_dir: str, partitions: int):
+    """All partitions' (ids, vectors, metadata table without the vectors, errors), in partition order."""
+    import pyarrow as pa
+
+    tables, errors = [], []
+    for p in range(partitions):
+        table, errs = parts.read_partition(build_dir, p)
+        tables.append(table)
+        errors += errs
+    table = pa.concat_tables(tables)
+    vectors = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
+    return table.column("id").to_pylist(), vectors, table.drop_columns(["embedding"]), errors
+
+
+def store_version(root: str, version: str, ids: list[str], vectors: np.ndarray, metadata, spec,
+                  identity: dict) -> None:
+    """FAISS shards of the vectors, written as a complete version (not yet live)."""
+    from fastslow.index.publish import write_version
+    from fastslow.index.shards import build_shards
+
+    indexes, shard_rows = build_shards(ids, vectors, spec)
+    write_version(root, version, indexes, shard_rows, metadata, spec, identity)
+
+
+def make_current(root: str, version: str) -> None:
+    """Publish `version` behind CURRENT unless it is live already."""
+    from fastslow.index.publish import CURRENT, current_version, publish
+
+    if not storage.exists(storage.join(root, CURRENT)) or current_version(root) != version:
+        publish(root, version)
+
+
+class IndexBuild:
+    """One build's plan and state; `prepare` it, run its `pending()` partitions (`run_partition`), `finish` it."""
+
+    def __init__(self, cfg: IndexRunConfig, model: dict, rows: list[dict], report: ReadReport, version: str,
+                 resolve: Callable[[str], str], started: float):
+        from fastslow.index.publish import MANIFEST, version_dir
+
+        self.cfg, self.model, self.rows, self.report, self.version = cfg, model, rows, report, version
+        self.resolve, self.started = resolve, started
+        self.build_dir = storage.join(cfg.root, "builds", version)
+        self.plan = plan_partitions(rows, cfg.embed.partition_size)
+        self.published = storage.exists(storage.join(version_dir(cfg.root, version), MANIFEST))
+        self._embedder = None
+
+    @classmethod
+    def prepare(cls, cfg: IndexRunConfig, resolve: Callable[[str], str] = absolute_path) -> IndexBuild:
+        """Check the settings, make the paths absolute with `resolve`, read the items, name the version, and write
+        (or check) its plan. `cfg` is updated in place with the resolved paths."""
+        from fastslow.models.checkpoint import read_manifest as read_checkpoint
+
+        started = time.time()
+        if not cfg.checkpoint:
+            raise FastslowError("checkpoint is not set: pass --checkpoint PATH, the Fast checkpoint that embeds")
+        if not cfg.data.path:
+            raise FastslowError("data.path is not set: pass --data PATH (a dataset, or a folder/prefix of media)")
+        cfg.checkpoint, cfg.data.path, cfg.root = resolve(cfg.checkpoint), resolve(cfg.data.path), resolve(cfg.root)
+        model = read_checkpoint(cfg.checkpoint)
+        if model["model_type"] != "fast":
+            raise FastslowError(f"{cfg.checkpoint}: expected a Fast checkpoint, found a {model['model_type']} one")
+        rows, report = index_rows(cfg)
+        if not rows:
+            raise FastslowError(f"{cfg.data.path}: no items to index ({report.summary()})")
+        version = cfg.version or version_name(model["weights_sha256"], rows, cfg)
+        build = cls(cfg, model, rows, report, version, resolve, started)
+        if not build.published:
+            check_plan(build.build_dir, build.plan)
+            log.info("version %s: %d partitions, %d to do", version, len(build.plan), len(build.pending()))
+        return build
+
+    def pending(self) -> list[int]:
+        """The partitions with no output yet (none once the version is written)."""
+        if self.published:
+            return []
+        return [p for p in range(len(self.plan)) if not parts.is_written(self.build_dir, p)]
+
+    def decode_config(self) -> DecodeConfig:
+        return DecodeConfig(image_size=self.model["config"]["vision"]["image_size"], num_frames=self.cfg.data.num_frames)
+
+    def embedder(self) -> parts.PartitionEmbedder:
+        """This process's Fast embedder (loaded on first use)."""
+        if self._embedder is None:
+            self._embedder = parts.PartitionEmbedder(self.cfg.checkpoint, self.cfg.embed.batch_size)
+        return self._embedder
+
+    def run_partition(self, partition: int) -> dict:
+        """Decode, embed and write partition `partition` in this process (whether or not it was written before)."""
+        if not 0 <= partition < len(self.plan):
+            raise FastslowError(f"partition {partition}: the build has partitions 0..{len(self.plan) - 1}")
+        counts = parts.run_partition(self.build_dir, partition, self.plan[partition], self.decode_config(),
+                                     self.embedder())
+        log.info("partition %d: %d indexed, %d errors", partition, counts["indexed"], counts["errors"])
+        return counts
+
+    def collect(self):
+        """(ids, vectors, metadata, errors) of the written partitions; the read's problems come first in errors."""
+        ids, vectors, metadata, errors = collect(self.build_dir, len(self.plan))
+        errors = [{"id": p.id, "uri": p.uri, "reason": p.reason} for p in self.report.problems] + errors
+        return ids, vectors, metadata, errors
+
+    def identity(self) -> dict:
+        """The version's model entry. num_frames: how videos were sampled, so the re-ranker decodes candidates the
+        same way. collection_root: the search app serves an item's media only from under it."""
+        return {"checkpoint": self.cfg.checkpoint, "weights_sha256": self.model["weights_sha256"],
+                "config": self.model["config"], "num_frames": self.cfg.data.num_frames,
+                "collection_root": collection_root(self.cfg, self.resolve)}
+
+    def finish(self) -> dict:
+        """Collect every partition, check nothing was lost, write the version, publish it; returns the summary
+        (items read = indexed + errors)."""
+        from fastslow.index.publish import version_dir
+
+        cfg, report, version = self.cfg, self.report, self.version
+        missing = self.pending()
+        if missing:
+            raise FastslowError(f"version {version}: partitions {missing} are not written yet; run them first")
+        ids, vectors, metadata, errors = self.collect()
+        if report.read != len(ids) + len(errors):
+            raise RuntimeError(f"lost items: read {report.read} != indexed {len(ids)} + errors {len(errors)}")
+        errors_file = storage.join(version_dir(cfg.root, version), "errors.jsonl")
+        if not self.published:
+            storage.write_text(errors_file, "".join(json.dumps(e) + "\n" for e in errors))
+            if not ids:
+                raise FastslowError(f"{cfg.data.path}: no item could be indexed (see the errors file)")
+            store_version(cfg.root, version, ids, vectors, metadata, cfg.index, self.identity())
+        make_current(cfg.root, version)
+        seconds = time.time() - self.started
+        return {"version": version, "root": cfg.root, "read": report.read, "indexed": len(ids),
+                "errors": len(errors), "errors_file": errors_file, "shards": cfg.index.shards,
+                "seconds": round(seconds, 1), "items_per_s": round(report.read / max(seconds, 1e-9), 1)}
+
+
+def build_index(cfg: IndexRunConfig, resolve: Callable[[str], str] = absolute_path) -> dict:
+    """The local executor: every pending partition in this process, one after another, then finish."""
+    build = IndexBuild.prepare(cfg, resolve)
+    for p in build.pending():
+        build.run_partition(p)
+    return build.finish()

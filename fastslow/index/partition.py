@@ -1,0 +1,145 @@
+"""One partition of an index build: decode its items, embed them with Fast, write its output. Ray-free.
+
+The unit of work of a build is a partition: a fixed, sorted slice of the corpus whose output
+(its errors, then its embeddings Parquet file: the file that marks it done) is written last and
+in one piece, so a build killed at any point reruns only the partitions with no output file.
+The local executor (`fastslow.index.build`) and the Ray Data stages (`actors.index_stages`) both
+call these functions; only the transport between the steps differs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fastslow import storage
+from fastslow.data.decode import DecodeConfig, decode_image, decode_video, media_info, read_sample_bytes
+from fastslow.data.types import Sample
+from fastslow.errors import DecodeError
+
+EMBEDDINGS = "embeddings"
+ERRORS = "errors"
+
+
+@dataclass
+class DecodedPartition:
+    """A partition after decoding: its decodable items (with their media info), the rest as errors, the pixels
+    of the decodable ones stacked in item order (None when there is none)."""
+
+    partition: int
+    items: list[dict] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)
+    pixels: np.ndarray | None = None
+
+
+def partition_files(build_dir: str, partition: int) -> tuple[str, str]:
+    """(embeddings Parquet, errors JSONL) of one partition."""
+    name = f"part-{partition:05d}"
+    return storage.join(build_dir, EMBEDDINGS, f"{name}.parquet"), storage.join(build_dir, ERRORS, f"{name}.jsonl")
+
+
+def is_written(build_dir: str, partition: int) -> bool:
+    """Whether the partition is done (its embeddings file, written last, exists)."""
+    return storage.exists(partition_files(build_dir, partition)[0])
+
+
+def _decode_item(item: dict, cfg: DecodeConfig) -> tuple[np.ndarray, bytes]:
+    sample = Sample(id=item["id"], media=item["media"], uri=item["uri"], captions=[])
+    data = read_sample_bytes(sample)
+    if item["media"] == "image":
+        return decode_image(data, cfg.image_size), data
+    if item["media"] == "video":
+        return decode_video(data, cfg.num_frames, cfg.image_size), data
+    raise DecodeError(f"unknown media type {item['media']!r}")
+
+
+def decode_partition(partition: int, items: list[dict], cfg: DecodeConfig) -> DecodedPartition:
+    """Decode a partition's items; an undecodable item becomes an error (id, uri, reason), never an exception.
+    An unreachable store is not an item's fault: StorageUnavailableError stops the build (to be resumed)."""
+    out, pixels = DecodedPartition(int(partition)), []
+    for item in items:
+        try:
+            array, data = _decode_item(item, cfg)
+        except DecodeError as e:
+            out.errors.append({"id": item["id"], "uri": item["uri"], "reason": str(e) or "undecodable"})
+            continue
+        pixels.append(array)
+        out.items.append({**item, **media_info(data, item["media"])})
+    out.pixels = np.stack(pixels) if pixels else None
+    return out
+
+
+class PartitionEmbedder:
+    """The Fast model loaded once (on the best device here), embedding a partition's pixels in mini-batches."""
+
+    def __init__(self, checkpoint: str, batch_size: int = 64):
+        from fastslow.devices import best_device
+        from fastslow.env import apply_local_safety_env
+        from fastslow.models.checkpoint import load_model
+        from fastslow.models.fast import FastModel
+
+        apply_local_safety_env()
+        self.device = best_device()
+        self.model = load_model(checkpoint, FastModel).eval().to(self.device)
+        self.batch_size = batch_size
+
+    def embed(self, pixels: np.ndarray | None) -> np.ndarray:
+        """(N, D) float32 unit vectors of the N stacked items; (0, 0) for none."""
+        import torch
+
+        from fastslow.devices import autocast
+
+        if pixels is None or not len(pixels):
+            return np.zeros((0, 0), np.float32)
+        with torch.inference_mode(), autocast(self.device):
+            parts = [self.model.encode_visual(torch.from_numpy(pixels[i : i + self.batch_size])).float().cpu()
+                     for i in range(0, len(pixels), self.batch_size)]
+        return torch.cat(parts).numpy().astype(np.float32)
+
+
+def _schema():
+    import pyarrow as pa
+
+    return pa.schema([("id", pa.string()), ("uri", pa.string()), ("media", pa.string()), ("caption", pa.string()),
+                      ("width", pa.int64()), ("height", pa.int64()), ("duration", pa.float64()),
+                      ("embedding", pa.list_(pa.float32()))])
+
+
+def write_partition(build_dir: str, partition: int, items: list[dict], errors: list[dict],
+                    vectors: np.ndarray) -> dict:
+    """Write the partition's errors, then its embeddings (the file that marks it done); its counts."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    emb_uri, err_uri = partition_files(build_dir, int(partition))
+    storage.write_text(err_uri, "".join(json.dumps(e) + "\n" for e in errors))
+    columns = {"id": [i["id"] for i in items], "uri": [i["uri"] for i in items],
+               "media": [i["media"] for i in items],
+               "caption": [i["captions"][0] if i["captions"] else None for i in items],
+               "width": [i.get("width") for i in items], "height": [i.get("height") for i in items],
+               "duration": [i.get("duration") for i in items], "embedding": list(vectors[: len(items)])}
+    buf = io.BytesIO()
+    pq.write_table(pa.table(columns, schema=_schema()), buf)
+    storage.write_bytes(emb_uri, buf.getvalue())
+    return {"partition": int(partition), "indexed": len(items), "errors": len(errors)}
+
+
+def run_partition(build_dir: str, partition: int, items: list[dict], cfg: DecodeConfig,
+                  embedder: PartitionEmbedder) -> dict:
+    """Decode, embed and write one partition in this process; its counts."""
+    decoded = decode_partition(partition, items, cfg)
+    vectors = embedder.embed(decoded.pixels)
+    return write_partition(build_dir, partition, decoded.items, decoded.errors, vectors)
+
+
+def read_partition(build_dir: str, partition: int):
+    """A written partition's (pyarrow table with its embeddings, errors)."""
+    import pyarrow.parquet as pq
+
+    emb_uri, err_uri = partition_files(build_dir, partition)
+    table = pq.read_table(io.BytesIO(storage.read_bytes(emb_uri)))
+    errors = [json.loads(line) for line in storage.read_text(err_uri).splitlines() if line.strip()]
+    return table, errors

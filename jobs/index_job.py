@@ -1,0 +1,92 @@
+"""Index a collection as a Ray job: the core's index build (`fastslow.index.build`) with its partitions spread over
+the cluster by Ray Data (decode tasks, a pool of Fast-embedding actors, write tasks), then the core's finish:
+FAISS shards, the version written and published behind CURRENT.
+
+    ray job submit --working-dir . -- python -m jobs.build_index --data s3://bucket/photos/ \\
+        --checkpoint s3://bucket/runs/fast/checkpoint --root s3://bucket/index index.shards=4
+
+Resumable: the version name is derived from the model, the items and the settings, each
+partition's output is written last and in one piece, and a resubmitted job skips the
+partitions already written, so a build killed at any point finishes the same index. Every item
+read ends up indexed or in the version's errors.jsonl with its id and reason.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from fastslow.config import IndexRunConfig
+from fastslow.errors import FastslowError, user_error
+from fastslow.index.build import IndexBuild, collection_root, index_rows, plan_partitions, version_name
+from fastslow.log import get_logger
+
+log = get_logger(__name__)
+
+__all__ = ["run_build", "main", "index_rows", "collection_root", "plan_partitions", "version_name"]
+
+
+def _run_pipeline(build: IndexBuild, pending: list[int]) -> None:
+    """The pending partitions through Ray Data: the core's decode, embed and write steps of each."""
+    import ray.data
+
+    from actors.index_stages import FastEmbedder, decode_stage, write_stage
+    from cluster.resources import actor_options, gpus_per_actor
+
+    cfg = build.cfg
+    # A task's own exception, not Ray Data's UserCodeException (whose cause does not survive the trip back).
+    ray.data.DataContext.get_current().raise_original_map_exception = True
+    items = [{"partition": p, "items": json.dumps(build.plan[p])} for p in pending]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(decode_stage, batch_size=1, fn_kwargs={"cfg": build.decode_config()})
+    options = actor_options(1.0, gpus_per_actor(cfg.embed.num_gpus))
+    ds = ds.map_batches(FastEmbedder, batch_size=1, num_cpus=options["num_cpus"], num_gpus=options["num_gpus"] or None,
+                        resources=options.get("resources"),
+                        fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "batch_size": cfg.embed.batch_size},
+                        compute=ray.data.ActorPoolStrategy(size=cfg.embed.concurrency))
+    ds = ds.map_batches(write_stage, batch_size=1, fn_kwargs={"build_dir": build.build_dir})
+    try:
+        for _ in ds.iter_batches(batch_size=None):
+            pass
+    except Exception as e:
+        # A user's error (an unreachable store, a bad checkpoint) raised in a Ray Data task arrives wrapped in
+        # Ray's exceptions and their remote tracebacks: give its one line, and say the work done is kept.
+        cause = user_error(e)
+        if cause is None:
+            raise
+        first_line = str(cause).splitlines()[0]  # Ray Data appends its retry advice to the message
+        raise FastslowError(f"{first_line}. The partitions written so far are kept: submit the same job again to "
+                            f"resume") from None
+
+
+def run_build(cfg: IndexRunConfig, address: str | None = None) -> dict:
+    """Embed (on the Ray cluster at `address`, else RAY_ADDRESS, else a local Ray), index, publish; returns the
+    summary (items read = indexed + errors). Relative paths are resolved as a job's are (`storage_path`)."""
+    from cluster.connect import connect, storage_path
+
+    build = IndexBuild.prepare(cfg, resolve=storage_path)
+    pending = build.pending()
+    if pending:
+        connect(address)
+        _run_pipeline(build, pending)
+    return build.finish()
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m jobs.index_job") -> int:
+    from jobs.cli import job_main
+
+    return job_main(
+        prog, __doc__, IndexRunConfig,
+        {"data": ("data.path", "a dataset, or a folder / s3:// prefix of images and videos"),
+         "checkpoint": ("checkpoint", "the Fast checkpoint that embeds the items"),
+         "root": ("root", "where versions and CURRENT live (local or s3://)")},
+        run_build, argv,
+        epilog="Settings: --config YAML (configs/index_*.yaml) plus KEY=VALUE overrides, e.g. index.shards=4 "
+               "index.factory=IVF1024,PQ32 embed.concurrency=4 embed.num_gpus=auto embed.partition_size=512.",
+        headline=lambda s: f"indexed {s['indexed']} of {s['read']} items read ({s['errors']} errors, listed in "
+                           f"{s['errors_file']}) in {s['seconds']} s, {s['items_per_s']} items/s; "
+                           f"version {s['version']} is live under {s['root']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
