@@ -63,6 +63,6 @@ def write_stage(batch: dict, build_dir: str) -> dict:
         vectors = _array(blob)
         done = write_partition(build_dir, int(partition), json.loads(items_json), json.loads(errors_json),
                                vectors if vectors is not None else np.zeros((0, 0), np.float32))
-        for k in counts:
-            counts[k].append(done[k])
+        for k, column in counts.items():
+            column.append(done[k])
     return {k: np.array(v) for k, v in counts.items()}

@@ -18,6 +18,7 @@ import yaml
 
 from fastslow.errors import FastslowError
 from fastslow.log import get_logger
+from serve_app.config import DEFAULT_PORT
 
 log = get_logger("fastslow.demo")
 
@@ -166,7 +167,7 @@ def served_fast(fast: dict, distilled: dict) -> dict:
     return fast if fast.get("val", {}).get("r1", 0) > distilled.get("val", {}).get("r1", 0) else distilled
 
 
-def run_demo(workdir: str, size: str = "demo", port: int = 8000, seed: int = 0, progress: bool = True,
+def run_demo(workdir: str, size: str = "demo", port: int = DEFAULT_PORT, seed: int = 0, progress: bool = True,
              exit_when_ready: bool = False, say=print) -> dict:
     """Set everything up, serve, and (unless `exit_when_ready`) keep serving until Ctrl-C."""
     from cluster.connect import connect, free_port

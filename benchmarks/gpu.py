@@ -23,231 +23,38 @@ Timings: warm-up calls first, then the mean over `--iters` calls, with torch.cud
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
 from pathlib import Path
 
+from benchmarks.gpu_models import WORDS, bench_embedding, bench_slow, captions, fast_config
+from benchmarks.gpu_search import (
+    CHECKED_QUERIES,
+    DIM,
+    QUERY_NOISE,
+    SCORE_ATOL,
+    SCORE_BUDGET,
+    TOPK,
+    bench_search,
+    topk_chunked,
+)
+from benchmarks.gpu_timing import autocast, device_name, precisions, sig, sync, timed
 from fastslow.env import apply_local_safety_env
 from fastslow.log import get_logger
+
+__all__ = [
+    "CHECKED_QUERIES", "DIM", "KS", "QUERY_NOISE", "SCORE_ATOL", "SCORE_BUDGET", "SIZES", "TOPK", "WORDS",
+    "autocast", "bench_embedding", "bench_search", "bench_slow", "captions", "device_name", "fast_config",
+    "main", "markdown", "parse_args", "precisions", "sig", "sync", "timed", "topk_chunked",
+]
 
 log = get_logger("fastslow.benchmarks.gpu")
 
 KS = (20, 50, 100)
-DIM = 256
-TOPK = 10
-CHECKED_QUERIES = 16  # queries whose top-k numpy recomputes over the whole gallery
-QUERY_NOISE = 0.02  # per-dimension noise on a query's gallery row: cosine ~0.95 to it, ~0.35 at most to others
-SCORE_ATOL = {"float16": 2e-3, "float32": 1e-5}  # a top-k score against numpy's float32 (fp16: its rounding)
-SCORE_BUDGET = {"cuda": 2 << 30, "cpu": 256 << 20}  # bytes of one (queries, chunk) score block
 # (full, quick) defaults of the options that --quick shrinks; an option given explicitly wins.
 SIZES = {"batch": (256, 8), "queries": (None, 2), "vectors": (1_000_000, 20_000), "search_queries": (1024, 64),
          "warmup": (5, 1), "iters": (20, 2), "chunk": (None, 8192)}
-WORDS = {"colour": ("red", "green", "blue", "yellow", "purple", "white"),
-         "shape": ("circle", "square", "triangle", "cross", "star"), "size": ("small", "large")}
-
-
-def fast_config():
-    """The default Fast of the benchmark table (imported here: it loads torch)."""
-    from benchmarks.fast_defaults import DEFAULT_FAST
-
-    return DEFAULT_FAST
-
-
-def captions(n: int, seed: int = 0) -> list[str]:
-    """`n` captions in the synthetic benchmark's style, so Slow's output vocabulary has its size."""
-    import random
-
-    rng = random.Random(seed)
-
-    def obj() -> str:
-        return " ".join(rng.choice(WORDS[w]) for w in ("size", "colour", "shape"))
-
-    rel = ("to the left of", "to the right of", "above", "below")
-    return [f"a {obj()} {rng.choice(rel)} a {obj()}" for _ in range(n)]
-
-
-def sig(x: float) -> float:
-    """Four significant figures (a small positive figure stays positive)."""
-    return float(f"{x:.4g}")
-
-
-def sync(device) -> None:
-    """Wait for the device's queued work (CUDA runs asynchronously)."""
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device, warmup: int, iters: int) -> float:
-    """Mean seconds per call of `fn` after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    sync(device)
-    return (time.perf_counter() - t0) / iters
-
-
-def precisions(device) -> list[str]:
-    """The precisions timed: bfloat16 autocast and fp32 on CUDA, fp32 on CPU."""
-    return ["bf16", "fp32"] if device.type == "cuda" else ["fp32"]
-
-
-def autocast(device, precision: str):
-    """The autocast context of a precision (none for fp32)."""
-    import torch
-
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def bench_embedding(device, batch: int, warmup: int, iters: int) -> dict:
-    """Images/s of the Fast visual encoder and of a ViT-B/32-sized CLIP vision tower."""
-    import torch
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
-    from fastslow.models.fast import FastModel
-    from fastslow.models.vision import CLIP_MEAN, CLIP_STD
-
-    torch.manual_seed(0)
-    fast = FastModel(fast_config()).to(device).eval()
-    clip_cfg = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                num_attention_heads=12, image_size=224, patch_size=32)
-    clip = CLIPVisionModel(clip_cfg).to(device).eval()  # random weights: the cost is the architecture's
-    mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1) * 255
-
-    def clip_embed(pixels):
-        x = (pixels.permute(0, 3, 1, 2).float() - mean) / std
-        return clip(pixel_values=x).pooler_output
-
-    models = [("fast: efficientnet_lite0 128px, mid_tokens + head", 128, fast.encode_visual),
-              ("clip vit-b/32 vision tower (random init)", 224, clip_embed)]
-    rows = []
-    for name, size, fn in models:
-        # Generated on the device: the figure is the model's, not the host's decode and copy.
-        pixels = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, device=device)
-        for precision in precisions(device):
-            with torch.inference_mode(), autocast(device, precision):
-                s = timed(lambda: fn(pixels), device, warmup, iters)
-            rows.append({"model": name, "image_size": size, "precision": precision, "batch": batch,
-                         "images_per_s": sig(batch / s), "ms_per_batch": sig(1000 * s)})
-            log.info("embedding: %s", rows[-1])
-    return {"batch": batch, "clip_attention": clip.config._attn_implementation, "rows": rows}
-
-
-def bench_slow(device, queries: int, ks: list[int], warmup: int, iters: int) -> dict:
-    """Pairs/s and ms per query of Slow re-ranking K candidates per query from cached item features."""
-    import numpy as np
-    import torch
-
-    from fastslow.models.slow import SlowConfig
-    from fastslow.train.slow_training import make_slow_model
-    from fastslow.inference.slow_scores import slow_features, slow_score_matrix
-
-    torch.manual_seed(0)
-    texts = captions(max(queries, 200))
-    model = make_slow_model(SlowConfig(), texts).to(device).eval()
-    items = queries * max(ks)
-    size = model.config.vision.image_size
-    pixels = np.random.default_rng(0).integers(0, 256, (items, size, size, 3), dtype=np.uint8)
-    # The serving re-ranker keeps its features (float16 for a frozen tower) on the host and scores from them.
-    features = slow_features(model, pixels).cpu()
-    texts = texts[:queries]
-    rows = []
-    for precision in precisions(device):  # bf16: a re-ranker under autocast (scores still summed in float64)
-        for k in ks:
-            cand = torch.arange(queries * k).view(queries, k)  # each query its own k items
-            with autocast(device, precision):
-                s = timed(lambda: slow_score_matrix(model, features, texts, cand), device, warmup, iters)
-                one = timed(lambda: slow_score_matrix(model, features, texts[:1], cand[:1]), device, warmup, iters)
-            rows.append({"k": k, "precision": precision, "pairs_per_s": sig(queries * k / s),
-                         "ms_per_query": sig(1000 * s / queries), "ms_per_batch": sig(1000 * s),
-                         "single_query_ms": sig(1000 * one)})
-            log.info("slow: %s", rows[-1])
-    return {"queries": queries, "ks": list(ks), "items": items, "feature_dtype": str(features.dtype).split(".")[-1],
-            "output_vocab": len(model.config.output_vocab), "rows": rows}
-
-
-def topk_chunked(q, gallery, k: int, chunk: int):
-    """Exact top-k (values, indices) of q @ gallery.T, a block of `chunk` gallery rows at a time."""
-    import torch
-
-    vals, idx = [], []
-    for start in range(0, len(gallery), chunk):
-        block = gallery[start : start + chunk]
-        v, i = (q @ block.T).topk(min(k, len(block)), dim=1)
-        vals.append(v)
-        idx.append(i + start)
-    if len(vals) == 1:
-        return vals[0], idx[0]
-    v, j = torch.cat(vals, dim=1).topk(min(k, len(gallery)), dim=1)
-    return v, torch.cat(idx, dim=1).gather(1, j)
-
-
-def bench_search(device, vectors: int, n_queries: int, warmup: int, iters: int, chunk: int | None = None) -> dict:
-    """Queries/s of exact top-k over `vectors` unit vectors, checked against numpy on the first queries."""
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
-    gen = torch.Generator(device=device).manual_seed(0)
-    gallery = F.normalize(torch.randn(vectors, DIM, device=device, generator=gen), dim=1)
-    target = torch.randint(0, vectors, (n_queries,), device=device, generator=gen)
-    queries = F.normalize(gallery[target] + QUERY_NOISE * torch.randn(n_queries, DIM, device=device, generator=gen),
-                          dim=1)
-    # The reference: numpy float32 brute force over the whole gallery for the first queries.
-    checked, k = min(CHECKED_QUERIES, n_queries), min(TOPK, vectors)
-    q_np = queries[:checked].cpu().numpy()
-    ref_s, ref_i = [], []
-    for start in range(0, vectors, 1 << 18):
-        s = q_np @ gallery[start : start + (1 << 18)].cpu().numpy().T
-        i = np.argpartition(-s, min(k, s.shape[1]) - 1, axis=1)[:, :k]
-        ref_s.append(np.take_along_axis(s, i, axis=1))
-        ref_i.append(i + start)
-    ref_s, ref_i = np.concatenate(ref_s, axis=1), np.concatenate(ref_i, axis=1)
-    order = np.argsort(-ref_s, axis=1)[:, :k]
-    ref_s, best_i = np.take_along_axis(ref_s, order, axis=1), np.take_along_axis(ref_i, order, axis=1)[:, 0]
-    dtypes = [torch.float16, torch.float32] if device.type == "cuda" else [torch.float32]
-    rows, exact = [], True
-    for dtype in dtypes:
-        g, q, name = gallery.to(dtype), queries.to(dtype), str(dtype).split(".")[-1]
-        rows_per = min(vectors, chunk or max(1, SCORE_BUDGET[device.type] // (n_queries * g.element_size())))
-        with torch.inference_mode():
-            s = timed(lambda: topk_chunked(q, g, TOPK, rows_per), device, warmup, iters)
-            vals, idx = topk_chunked(q, g, TOPK, rows_per)
-        top1 = bool((idx[:checked, 0].cpu().numpy() == best_i).all())
-        # The top-k by score, not by index: rounding may swap near-ties (float16 surely), not change the scores.
-        topk = bool(np.allclose(vals[:checked].float().cpu().numpy(), ref_s, atol=SCORE_ATOL[name]))
-        exact &= top1 and topk
-        rows.append({"dtype": name, "chunk": rows_per, "queries_per_s": sig(n_queries / s),
-                     "ms_per_batch": sig(1000 * s), "top1_matches_numpy": top1, "topk_scores_match_numpy": topk})
-        log.info("search: %s", rows[-1])
-        del g
-    return {"vectors": vectors, "dim": DIM, "queries": n_queries, "topk": TOPK, "checked_queries": checked,
-            "top1_is_source_row": bool((best_i == target[:checked].cpu().numpy()).all()),
-            "exact_check": exact, "rows": rows}
-
-
-def device_name(device) -> str:
-    """The GPU's name, or the CPU model from /proc/cpuinfo."""
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    import platform
-
-    return platform.processor() or "cpu"
 
 
 def markdown(r: dict) -> str:

@@ -43,7 +43,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     apply_local_safety_env()
     args = parse_args(argv)
-    from benchmarks.table_runner import plot_table, run_table
+    from benchmarks.table_report import plot_table
+    from benchmarks.table_runner import run_table
     from fastslow.errors import FastslowError
     from fastslow.log import setup_logging
 

@@ -7,8 +7,10 @@
    does not depend on how well they are trained.
 2. Index: `--items` (100,000) vectors in 2 shards, as two versions: `--factory` (IVF1024,Flat, searched
    with `--nprobe` 32; the one served) and an exact Flat one. The test split's items are embedded by
-   Fast; the rest are copies of them with noise added to the vector (ids `item-NNNNNN`, the media of
-   the item copied), so every result is a real, decodable item and the index has the size asked for.
+   Fast through the core's index build (`fastslow.index.build`: its partitions kept under the index
+   root, so a rerun reuses them); the rest are copies of them with noise added to the vector (ids
+   `item-NNNNNN`, the media of the item copied), so every result is a real, decodable item and the
+   index has the size asked for.
    The IVF index's recall@10 against the exact one is measured on the queries.
 3. Side by side, one client, Fast only, on each version (the app swaps to the Flat one live): the
    pipeline in this process (`fastslow.search.pipeline.SearchPipeline`, 1 torch and 1 FAISS thread, as each
@@ -27,12 +29,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.serving_load import (autoscaling_run, closed_loop, in_process, markdown, plot, recall_at_10,
+                                     sequential, side_by_side, wait_for_replicas)
 from fastslow.env import apply_local_safety_env
 from fastslow.log import get_logger
 
@@ -41,12 +44,6 @@ log = get_logger("fastslow.benchmarks.serving")
 SHARDS = 2
 QUERY_SPLIT = "test"
 NOISE = 0.05  # std of the noise added to each copied vector, before it is normalised again
-
-
-def _percentiles(lat_ms: list[float]) -> dict:
-    a = np.asarray(lat_ms)
-    return {"n": int(a.size), "p50_ms": round(float(np.percentile(a, 50)), 2),
-            "p99_ms": round(float(np.percentile(a, 99)), 2), "mean_ms": round(float(a.mean()), 2)}
 
 
 def train_models(work: Path, data: Path) -> tuple[str, str]:
@@ -66,243 +63,58 @@ def train_models(work: Path, data: Path) -> tuple[str, str]:
     return out["fast"], out["slow"]
 
 
+def embed_queries_split(root: Path, fast_ckpt: str, data: Path):
+    """The test split's items decoded, embedded and written by the core's index build, under `root`/builds (a
+    rerun reuses the partitions written): (the build, ids, vectors, metadata, the captions of the indexed items)."""
+    from fastslow.config import IndexRunConfig, load_config
+    from fastslow.index.build import IndexBuild
+
+    cfg = load_config(IndexRunConfig, None, [f"data.path={json.dumps(str(data / 'images'))}",
+                                             f"checkpoint={json.dumps(fast_ckpt)}", f"root={json.dumps(str(root))}",
+                                             f"split={QUERY_SPLIT}"])
+    build = IndexBuild.prepare(cfg)
+    for p in build.pending():
+        build.run_partition(p)
+    ids, vectors, metadata, errors = build.collect()
+    if errors:
+        log.warning("%d items of the %s split not indexed, e.g. %s", len(errors), QUERY_SPLIT, errors[0])
+    captions = {r["id"]: r["captions"] for r in build.rows}
+    return build, ids, vectors, metadata, [c for i in ids for c in captions[i]]
+
+
+def grow(ids: list[str], vectors: np.ndarray, metadata, items: int, seed: int = 0):
+    """`items` rows: the real ones unchanged, then noisy copies of them (ids `item-NNNNNN`, the media of the item
+    copied), every vector normalised: (ids, vectors, metadata)."""
+    import pyarrow as pa
+
+    n = len(vectors)
+    rng = np.random.default_rng(seed)
+    source = np.arange(items) % n
+    out = vectors[source] + NOISE * rng.standard_normal((items, vectors.shape[1]), dtype=np.float32)
+    out[: min(n, items)] = vectors[: min(n, items)]  # the real items unchanged
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    grown = [ids[i] if j < n else f"item-{j:06d}" for j, i in enumerate(source)]
+    table = metadata.take(pa.array(source))
+    return grown, out, table.set_column(table.schema.get_field_index("id"), "id", pa.array(grown, pa.string()))
+
+
 def build_index(root: Path, fast_ckpt: str, data: Path, items: int, factory: str,
                 seed: int = 0) -> tuple[str, list[str]]:
     """A published version of `items` vectors in SHARDS shards of `factory`; (version, the test captions)."""
-    import pyarrow as pa
+    from fastslow.index.build import make_current, store_version
+    from fastslow.index.shards import IndexSpec
 
-    from fastslow.data.source import DataConfig
-    from fastslow.index.publish import current_version, publish, write_version
-    from fastslow.index.shards import IndexSpec, build_shards
-    from fastslow.models.checkpoint import read_manifest
-    from fastslow.models.fast import FastModel
-    from fastslow.data.source import load_data_split
-    from fastslow.models.checkpoint import load_model
-    from fastslow.inference.fast_embeddings import embed_split
-
-    model = load_model(fast_ckpt, FastModel)
-    split = load_data_split(DataConfig(path=str(data / "images")), QUERY_SPLIT, model.config.vision.image_size)
-    emb = embed_split(model, split, progress=True)
-    manifest = read_manifest(fast_ckpt)
-    version = f"bench-{items}-{factory.replace(',', '_')}-{manifest['weights_sha256'][:8]}"  # one per model
-    if (root / "versions" / version / "manifest.json").exists():
-        publish(str(root), version)
-        return current_version(str(root)), emb.texts
-    base = emb.gallery.numpy().astype(np.float32)
-    n = len(base)
-    rng = np.random.default_rng(seed)
-    source = np.arange(items) % n
-    vectors = base[source] + NOISE * rng.standard_normal((items, base.shape[1]), dtype=np.float32)
-    vectors[:n] = base  # the real items unchanged
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    ids = [split.ids[i] if j < n else f"item-{j:06d}" for j, i in enumerate(source)]
-    metadata = pa.table({"id": ids, "uri": [split.uris[i] for i in source], "media": ["image"] * items,
-                         "caption": [split.captions[i][0] for i in source]})
-    spec = IndexSpec(factory=factory, shards=SHARDS)
-    indexes, rows = build_shards(ids, vectors, spec)
-    write_version(str(root), version, indexes, rows, metadata, spec,
-                  {"checkpoint": fast_ckpt, "weights_sha256": manifest["weights_sha256"], "num_frames": 8})
-    publish(str(root), version)
-    return version, emb.texts
+    build, ids, vectors, metadata, texts = embed_queries_split(root, fast_ckpt, data)
+    version = f"bench-{items}-{factory.replace(',', '_')}-{build.model['weights_sha256'][:8]}"  # one per model
+    if not (root / "versions" / version / "manifest.json").exists():
+        grown, grown_vectors, grown_metadata = grow(ids, vectors, metadata, items, seed)
+        store_version(str(root), version, grown, grown_vectors, grown_metadata,
+                      IndexSpec(factory=factory, shards=SHARDS), build.identity())
+    make_current(str(root), version)
+    return version, texts
 
 
-class Client:
-    """POST /search over one kept-alive HTTP connection."""
-
-    def __init__(self, url: str):
-        import http.client
-        from urllib.parse import urlparse
-
-        u = urlparse(url)
-        self.conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
-
-    def search(self, body: dict) -> dict:
-        self.conn.request("POST", "/search", json.dumps(body), {"content-type": "application/json"})
-        r = self.conn.getresponse()
-        data = r.read()
-        if r.status != 200:
-            raise RuntimeError(f"HTTP {r.status}: {data[:200]!r}")
-        return json.loads(data)
-
-
-def closed_loop(url: str, queries: list[str], body: dict, clients: int, seconds: float,
-                record: list | None = None) -> dict:
-    """`clients` threads each sending requests back to back for `seconds`; latency and throughput."""
-    lat, errors, stop = [], [], threading.Event()
-
-    def run(c: int) -> None:
-        client, i = Client(url), c
-        while not stop.is_set():
-            t0 = time.perf_counter()
-            try:
-                answer = client.search({**body, "query": queries[i % len(queries)]})
-                ms = 1e3 * (time.perf_counter() - t0)
-                lat.append(ms)
-                if record is not None:
-                    record.append((time.time(), ms, answer["degraded"]))
-            except Exception as e:  # noqa: BLE001 - counted, the load goes on
-                errors.append(str(e)[:200])
-                client = Client(url)
-            i += clients
-
-    threads = [threading.Thread(target=run, args=(c,), daemon=True) for c in range(clients)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in threads:
-        t.join(timeout=120)
-    elapsed = time.perf_counter() - started
-    return {**_percentiles(lat or [float("nan")]), "clients": clients, "req_per_s": round(len(lat) / elapsed, 1),
-            "errors": len(errors), "first_error": errors[0] if errors else None}
-
-
-def in_process(pipeline, queries: list[str], n: int) -> dict:
-    from fastslow.search.pipeline import SearchRequest
-
-    lat = []
-    for i in range(n):
-        t0 = time.perf_counter()
-        pipeline.search(SearchRequest(queries[i % len(queries)], k=10, rerank=False))
-        lat.append(1e3 * (time.perf_counter() - t0))
-    return _percentiles(lat)
-
-
-def sequential(url: str, queries: list[str], n: int) -> dict:
-    """One client, Fast only: latency at the client, and the median of the stages the ingress timed."""
-    client, lat, stages = Client(url), [], []
-    for i in range(n):
-        t0 = time.perf_counter()
-        answer = client.search({"query": queries[i % len(queries)], "k": 10, "rerank": False})
-        lat.append(1e3 * (time.perf_counter() - t0))
-        stages.append(answer["timings_ms"])
-    return {**_percentiles(lat), "ingress_p50_ms": {k: round(float(np.median([t[k] for t in stages])), 2)
-                                                    for k in ("encode", "retrieve", "total")}}
-
-
-def recall_at_10(approx, exact, queries: list[str]) -> float:
-    """Mean share of the exact top 10 that the approximate index also returns."""
-    from fastslow.search.pipeline import SearchRequest
-
-    hits = 0
-    for q in queries:
-        a = {h["id"] for h in approx.search(SearchRequest(q, k=10, rerank=False))["results"]}
-        e = {h["id"] for h in exact.search(SearchRequest(q, k=10, rerank=False))["results"]}
-        hits += len(a & e)
-    return round(hits / (10 * len(queries)), 4)
-
-
-def side_by_side(pipeline, urls: dict[str, str], queries: list[str], n: int) -> dict:
-    """In-process, over HTTP at each of `urls` (name -> base URL), in-process again (a drift check); the overhead
-    of each is its HTTP p50 minus the mean in-process p50."""
-    out = {"in_process": in_process(pipeline, queries, n)}
-    for name, url in urls.items():
-        out[name] = sequential(url, queries, n)
-    out["in_process_again"] = in_process(pipeline, queries, n)
-    base = (out["in_process"]["p50_ms"] + out["in_process_again"]["p50_ms"]) / 2
-    out["overhead_p50_ms"] = {name: round(out[name]["p50_ms"] - base, 2) for name in urls}
-    return out
-
-
-def wait_for_replicas(count: int, timeout: float = 120.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline and reranker_replicas() != count:
-        time.sleep(1.0)
-
-
-def reranker_replicas() -> int:
-    from ray import serve
-
-    app = serve.status().applications.get("fastslow")
-    if app is None or "SlowReranker" not in app.deployments:
-        return 0
-    return int(app.deployments["SlowReranker"].replica_states.get("RUNNING", 0))
-
-
-def autoscaling_run(url: str, queries: list[str], phases: list[tuple[int, float]]) -> dict:
-    """Load phases of (clients, seconds); per second: running re-ranker replicas, clients, p99 of the last 2 s."""
-    record, samples, stop = [], [], threading.Event()
-    t_start = time.time()
-    state = {"clients": 0}
-
-    def sample() -> None:
-        while not stop.is_set():
-            now = time.time()
-            recent = [ms for t, ms, _ in list(record) if now - 2.0 <= t <= now]
-            samples.append({"t": round(now - t_start, 1), "replicas": reranker_replicas(), "clients": state["clients"],
-                            "p99_ms": round(float(np.percentile(recent, 99)), 1) if recent else None})
-            time.sleep(1.0)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    results = []
-    for clients, seconds in phases:
-        state["clients"] = clients
-        if clients:
-            results.append(closed_loop(url, queries, {"k": 10, "rerank": True, "rerank_k": 20}, clients, seconds,
-                                       record))
-        else:
-            time.sleep(seconds)
-    stop.set()
-    sampler.join(timeout=10)
-    counts = [s["replicas"] for s in samples]
-    peak_at = counts.index(max(counts)) if counts else 0
-    return {"phases": [{"clients": c, "seconds": s} for c, s in phases], "load": results, "samples": samples,
-            "max_replicas": max(counts, default=0), "final_replicas": counts[-1] if counts else 0,
-            "back_to_one": any(c == 1 for c in counts[peak_at:]) and max(counts, default=0) > 1,
-            "degraded": sum(1 for _, _, d in record if d), "requests": len(record)}
-
-
-def plot(auto: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    s = auto["samples"]
-    t = [x["t"] for x in s]
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
-    a1.step(t, [x["replicas"] for x in s], where="post", label="re-ranker replicas (running)", color="tab:blue")
-    a1.step(t, [x["clients"] for x in s], where="post", label="clients", color="tab:gray", linestyle=":")
-    a1.set_ylabel("count")
-    a1.legend(loc="upper right")
-    a1.set_title("Re-ranker autoscaling under a load step (re-rank K=20)")
-    a2.plot(t, [x["p99_ms"] if x["p99_ms"] is not None else np.nan for x in s], color="tab:red")
-    a2.set_ylabel("p99 latency, last 2 s (ms)")
-    a2.set_xlabel("seconds")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def markdown(result: dict) -> str:
-    side = result["side_by_side"]
-    lines = [f"# Serving benchmark ({result['items']} items, {SHARDS} shards, {result['machine']})", "",
-             "Side by side, one client, Fast only (k=10), p50 / p99 ms:", "",
-             "| index | in process | path | Serve over HTTP | again in process | overhead at p50 | ingress: encode, "
-             "retrieve |", "|---|---|---|---|---|---|---|"]
-    for name, r in side.items():
-        for path, overhead in (r.get("overhead_p50_ms") or {}).items() if isinstance(r, dict) else ():
-            h = r[path]
-            lines.append(f"| {name} | {r['in_process']['p50_ms']} / {r['in_process']['p99_ms']} | {path} | "
-                         f"{h['p50_ms']} / {h['p99_ms']} | {r['in_process_again']['p50_ms']} | {overhead} | "
-                         f"{h['ingress_p50_ms']['encode']}, {h['ingress_p50_ms']['retrieve']} |")
-    lines += ["", f"IVF recall@10 against the exact (Flat) index: {result['ivf_recall_at_10']} (nprobe "
-              f"{result['nprobe']}). Query encoder as its own deployment (one hop more), {result['factory']}: "
-              f"p50 {side['encoder_deployment']['p50_ms']} ms.", "", f"Load on the {result['factory']} index:", "",
-              "| mode | clients | p50 ms | p99 ms | req/s | errors |", "|---|---|---|---|---|---|"]
-    for r in result["load"]:
-        lines.append(f"| {r['mode']} | {r['clients']} | {r['p50_ms']} | {r['p99_ms']} | {r['req_per_s']} | "
-                     f"{r['errors']} |")
-    auto = result["autoscaling"]
-    lines += ["", f"Autoscaling: re-ranker replicas peaked at {auto['max_replicas']}, ended at "
-              f"{auto['final_replicas']}; {auto['requests']} requests, {auto['degraded']} degraded. "
-              f"Plot: {result['plot']}"]
-    return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.serving", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="result JSON (the .md and .png go beside it)")
@@ -318,23 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ks", default="10,20,50")
     p.add_argument("--sequential", type=int, default=200, help="requests per side-by-side measurement")
     p.add_argument("--step", default="1:10,8:45,0:35", help="autoscaling load phases, CLIENTS:SECONDS,...")
-    a = p.parse_args(argv)
-    apply_local_safety_env()
-    from fastslow.log import setup_logging
+    return p.parse_args(argv)
 
-    setup_logging("INFO")
-    import faiss
-    import torch
 
-    from cluster.connect import connect, free_port
-    from fastslow.search.pipeline import SearchPipeline
+def models_and_indexes(a: argparse.Namespace) -> dict:
+    """The corpus, the two models and the two index versions (the served one published last: CURRENT)."""
     from fastslow.synth import ensure_synth
-    from ray import serve
 
-    from serve_app.deploy import (APP_NAME, base_url, deploy, ingress_replica_urls, load_serve_config, wait_ready,
-                                  with_settings)
-
-    started = time.time()
     work, data = Path(a.work).resolve(), Path(a.data).resolve()
     ensure_synth(data, seed=0, size="quick")
     fast, slow = a.fast, a.slow
@@ -345,47 +147,80 @@ def main(argv: list[str] | None = None) -> int:
     root = work / "index"
     exact_version, queries = build_index(root, fast, data, a.items, "Flat")
     version, _ = build_index(root, fast, data, a.items, a.factory)  # published last: CURRENT
+    return {"root": root, "fast": fast, "slow": slow, "version": version, "exact_version": exact_version,
+            "queries": queries}
 
-    # The in-process baseline, with the threads one replica has.
+
+def in_process_pipelines(run: dict, a: argparse.Namespace) -> tuple[dict, float]:
+    """The in-process baseline of each version, with the threads one replica has, warmed up; the IVF recall."""
+    import faiss
+    import torch
+
+    from fastslow.search.pipeline import SearchPipeline
+
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
-    pipelines = {v: SearchPipeline(str(root), fast, slow, version=v, nprobe=a.nprobe)
-                 for v in (version, exact_version)}
-    recall = recall_at_10(pipelines[version], pipelines[exact_version], queries[: a.sequential])
+    pipelines = {v: SearchPipeline(str(run["root"]), run["fast"], run["slow"], version=v, nprobe=a.nprobe)
+                 for v in (run["version"], run["exact_version"])}
+    recall = recall_at_10(pipelines[run["version"]], pipelines[run["exact_version"]], run["queries"][: a.sequential])
     log.info("%s recall@10 against Flat: %s", a.factory, recall)
     for p in pipelines.values():
-        in_process(p, queries, 20)  # warm-up
+        in_process(p, run["queries"], 20)  # warm-up
+    return pipelines, recall
 
-    dashboard = free_port()
-    connect(num_cpus=os.cpu_count(), dashboard_port=dashboard, log_to_driver=False)
-    template = load_serve_config("configs/serve_synth.yaml")
-    args = {"index_root": str(root), "fast_checkpoint": fast, "slow_checkpoint": slow, "nprobe": a.nprobe}
 
-    def app_config(index_version: str, **extra) -> dict:
-        return with_settings(template, args={**args, **extra}, port=port,
+class ServedApp:
+    """The Serve app on a local Ray (its dashboard on 127.0.0.1), deployed with one index version or another."""
+
+    def __init__(self, run: dict, nprobe: int):
+        from cluster.connect import connect, free_port
+        from serve_app.deploy import base_url, load_serve_config
+
+        dashboard = free_port()
+        connect(num_cpus=os.cpu_count(), dashboard_port=dashboard, log_to_driver=False)
+        self.template = load_serve_config("configs/serve_synth.yaml")
+        self.args = {"index_root": str(run["root"]), "fast_checkpoint": run["fast"],
+                     "slow_checkpoint": run["slow"], "nprobe": nprobe}
+        self.port, self.dash = free_port(), f"http://127.0.0.1:{dashboard}"
+        self.url = base_url(self.config(run["version"]))
+
+    def config(self, index_version: str, **extra) -> dict:
+        from serve_app.deploy import with_settings
+
+        return with_settings(self.template, args={**self.args, **extra}, port=self.port,
                              deployments={"Ingress": {"user_config": {"index_version": index_version}}})
 
-    port, dash = free_port(), f"http://127.0.0.1:{dashboard}"
-    url = base_url(app_config(version))
-    side = {}
+    def deploy(self, index_version: str, **extra) -> None:
+        from serve_app.deploy import deploy, wait_ready
+
+        deploy(self.config(index_version, **extra), self.dash)
+        wait_ready(self.url, version=index_version)
+
+
+def serve_side_by_side(app: ServedApp, run: dict, pipelines: dict, n: int) -> dict:
+    """The encoder as its own deployment, then each version in process and over HTTP (a live swap between them)."""
+    from ray import serve
+
+    from serve_app.deploy import APP_NAME, ingress_replica_urls
+
+    queries, side = run["queries"], {}
     # The query encoder as its own deployment (one hop more), then the default: the encoder in the ingress.
-    deploy(app_config(version, encoder_in_ingress=False), dash)
-    wait_ready(url, version=version)
-    sequential(url, queries, 20)
-    side["encoder_deployment"] = sequential(url, queries, a.sequential)
+    app.deploy(run["version"], encoder_in_ingress=False)
+    sequential(app.url, queries, 20)
+    side["encoder_deployment"] = sequential(app.url, queries, n)
     serve.delete(APP_NAME)  # a fresh app, not a rolling replacement of the graph under way
-    for v in (version, exact_version):
-        deploy(app_config(v), dash)  # the second time only the index version changes: a live swap
-        wait_ready(url, version=v)
-        urls = {"proxy": url, **{f"ingress replica {i}": u for i, u in enumerate(ingress_replica_urls())}}
+    for v in (run["version"], run["exact_version"]):
+        app.deploy(v)  # the second time only the index version changes: a live swap
+        urls = {"proxy": app.url, **{f"ingress replica {i}": u for i, u in enumerate(ingress_replica_urls())}}
         for u in urls.values():
             sequential(u, queries, 20)
-        side[v] = side_by_side(pipelines[v], urls, queries, a.sequential)
+        side[v] = side_by_side(pipelines[v], urls, queries, n)
         log.info("side by side, %s: %s", v, json.dumps(side[v]))
-    del pipelines
-    deploy(app_config(version), dash)
-    wait_ready(url, version=version)
+    return side
 
+
+def load_points(url: str, queries: list[str], a: argparse.Namespace) -> list[dict]:
+    """Fast only and re-ranking at each K, at each client concurrency."""
     load = []
     modes = [("fast", {"k": 10, "rerank": False})] + [
         (f"rerank@{k}", {"k": 10, "rerank": True, "rerank_k": k}) for k in map(int, a.ks.split(","))]
@@ -395,21 +230,43 @@ def main(argv: list[str] | None = None) -> int:
             r = {"mode": mode, **closed_loop(url, queries, body, clients, a.seconds)}
             log.info("%s", json.dumps(r))
             load.append(r)
+    return load
 
-    # The step starts from one re-ranker replica and a quiet autoscaling window (Serve averages the
-    # load over the last 30 s by default: the load tests above would still count).
+
+def autoscaling_step(url: str, queries: list[str], step: str, png: str) -> dict:
+    """The load step from one re-ranker replica and a quiet autoscaling window (Serve averages the load over the
+    last 30 s by default: the load tests before would still count); plotted to `png`."""
     wait_for_replicas(1)
     time.sleep(30)
-    phases = [(int(c), float(t)) for c, t in (x.split(":") for x in a.step.split(","))]
+    phases = [(int(c), float(t)) for c, t in (x.split(":") for x in step.split(","))]
     auto = autoscaling_run(url, queries, phases)
-    png = str(Path(a.out).with_suffix(".png"))
     plot(auto, png)
+    return auto
 
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    apply_local_safety_env()
+    from fastslow.log import setup_logging
+
+    setup_logging("INFO")
+    from ray import serve
+
+    started = time.time()
+    run = models_and_indexes(a)
+    pipelines, recall = in_process_pipelines(run, a)
+    app = ServedApp(run, a.nprobe)
+    side = serve_side_by_side(app, run, pipelines, a.sequential)
+    del pipelines
+    app.deploy(run["version"])
+    load = load_points(app.url, run["queries"], a)
+    png = str(Path(a.out).with_suffix(".png"))
+    auto = autoscaling_step(app.url, run["queries"], a.step, png)
     serve.shutdown()
-    result = {"items": a.items, "shards": SHARDS, "version": version, "factory": a.factory, "nprobe": a.nprobe,
-              "ivf_recall_at_10": recall, "machine": f"{os.cpu_count()} CPUs",
-              "fast": fast, "slow": slow, "side_by_side": side, "load": load, "autoscaling": auto, "plot": png,
-              "seconds": round(time.time() - started, 1)}
+    result = {"items": a.items, "shards": SHARDS, "version": run["version"], "factory": a.factory,
+              "nprobe": a.nprobe, "ivf_recall_at_10": recall, "machine": f"{os.cpu_count()} CPUs",
+              "fast": run["fast"], "slow": run["slow"], "side_by_side": side, "load": load, "autoscaling": auto,
+              "plot": png, "seconds": round(time.time() - started, 1)}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2))
     Path(a.out).with_suffix(".md").write_text(markdown(result))

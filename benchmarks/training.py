@@ -3,7 +3,7 @@
     python -m benchmarks.training --out out/training.json [--train-items 800] [--epochs 4]
 
 For each job (fast, slow, distill) on the same synthetic images: the one-process loop
-(`fastslow train`'s code) and the Ray Train path (`jobs.training.run_job`, on a local Ray)
+(`fastslow train`'s code) and the Ray Train path (`jobs.train_job.run_job`, on a local Ray)
 with 1 worker and with 2 workers. Reports the steady-state samples/s of the training steps
 (median over steps, the first few left out), the wall time (Ray: start-up, data and
 checkpoints included) and the overhead ratios of the Ray path against the one-process loop.
@@ -67,7 +67,7 @@ def one_process(kind: str, cfg) -> dict:
 
 
 def ray_job(kind: str, cfg, workers: int) -> dict:
-    from jobs.training import run_job
+    from jobs.train_job import run_job
 
     cfg = replace(cfg, out=f"{cfg.out}-ray{workers}",
                   job=replace(cfg.job, num_workers=workers, cpus_per_worker=2 // workers))

@@ -1,15 +1,9 @@
-"""`python -m jobs.build_index`: the index job under its first name (see `jobs.index_job`, which it runs).
-
-`run_build` and the build's steps stay importable from here (`from jobs.build_index import run_build`).
-"""
-
-from __future__ import annotations
+"""`python -m jobs.build_index ARGS` (for `ray job submit`) is `fastslow index ARGS` run as a Ray Data job
+(jobs/index_job.py)."""
 
 import sys
 
-from jobs.index_job import collection_root, index_rows, main, plan_partitions, run_build, version_name
-
-__all__ = ["run_build", "main", "index_rows", "collection_root", "plan_partitions", "version_name"]
+from apps.cli import job_alias
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python -m jobs.build_index"))
+    sys.exit(job_alias(["index"], "python -m jobs.build_index"))

@@ -1,8 +1,8 @@
-"""Distil a Slow teacher into a Fast student as a Ray job: `ray job submit --working-dir . -- python -m jobs.distill teacher=PATH ...`."""
+"""`python -m jobs.distill ARGS` (for `ray job submit`) is `fastslow train distill ARGS` run as a Ray Train job."""
 
 import sys
 
-from jobs.training import main
+from apps.cli import job_alias
 
 if __name__ == "__main__":
-    sys.exit(main("distill"))
+    sys.exit(job_alias(["train", "distill"], "python -m jobs.distill"))

@@ -14,17 +14,13 @@ read ends up indexed or in the version's errors.jsonl with its id and reason.
 from __future__ import annotations
 
 import json
-import sys
 
 from fastslow.config import IndexRunConfig
 from fastslow.errors import FastslowError, user_error
-from fastslow.index.build import IndexBuild, collection_root, index_rows, plan_partitions, version_name
+from fastslow.index.build import IndexBuild
 from fastslow.log import get_logger
 
 log = get_logger(__name__)
-
-__all__ = ["run_build", "main", "index_rows", "collection_root", "plan_partitions", "version_name"]
-
 
 def _run_pipeline(build: IndexBuild, pending: list[int]) -> None:
     """The pending partitions through Ray Data: the core's decode, embed and write steps of each."""
@@ -70,23 +66,3 @@ def run_build(cfg: IndexRunConfig, address: str | None = None) -> dict:
         connect(address)
         _run_pipeline(build, pending)
     return build.finish()
-
-
-def main(argv: list[str] | None = None, prog: str = "python -m jobs.index_job") -> int:
-    from jobs.cli import job_main
-
-    return job_main(
-        prog, __doc__, IndexRunConfig,
-        {"data": ("data.path", "a dataset, or a folder / s3:// prefix of images and videos"),
-         "checkpoint": ("checkpoint", "the Fast checkpoint that embeds the items"),
-         "root": ("root", "where versions and CURRENT live (local or s3://)")},
-        run_build, argv,
-        epilog="Settings: --config YAML (configs/index_*.yaml) plus KEY=VALUE overrides, e.g. index.shards=4 "
-               "index.factory=IVF1024,PQ32 embed.concurrency=4 embed.num_gpus=auto embed.partition_size=512.",
-        headline=lambda s: f"indexed {s['indexed']} of {s['read']} items read ({s['errors']} errors, listed in "
-                           f"{s['errors_file']}) in {s['seconds']} s, {s['items_per_s']} items/s; "
-                           f"version {s['version']} is live under {s['root']}")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,8 @@
-"""Train the Fast dual encoder as a Ray job: `ray job submit --working-dir . -- python -m jobs.train_fast ...`."""
+"""`python -m jobs.train_fast ARGS` (for `ray job submit`) is `fastslow train fast ARGS` run as a Ray Train job."""
 
 import sys
 
-from jobs.training import main
+from apps.cli import job_alias
 
 if __name__ == "__main__":
-    sys.exit(main("fast"))
+    sys.exit(job_alias(["train", "fast"], "python -m jobs.train_fast"))

@@ -1,8 +1,8 @@
-"""Train the Slow captioner as a Ray job: `ray job submit --working-dir . -- python -m jobs.train_slow ...`."""
+"""`python -m jobs.train_slow ARGS` (for `ray job submit`) is `fastslow train slow ARGS` run as a Ray Train job."""
 
 import sys
 
-from jobs.training import main
+from apps.cli import job_alias
 
 if __name__ == "__main__":
-    sys.exit(main("slow"))
+    sys.exit(job_alias(["train", "slow"], "python -m jobs.train_slow"))

@@ -13,6 +13,9 @@ from fastslow.devices import check_setting
 from fastslow.errors import FastslowError
 from fastslow.models.config import dataclass_from_dict
 
+# The app's HTTP port unless its Serve YAML's http_options or --port say otherwise (Serve's own default too).
+DEFAULT_PORT = 8000
+
 
 @dataclass
 class Limits:

@@ -14,6 +14,7 @@ import yaml
 
 from fastslow import storage
 from fastslow.errors import FastslowError
+from serve_app.config import DEFAULT_PORT
 
 APP_NAME = "fastslow"
 
@@ -58,7 +59,7 @@ def _app(config: dict) -> dict:
 
 def base_url(config: dict) -> str:
     http = config.get("http_options") or {}
-    return f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
+    return f"http://{http.get('host', '127.0.0.1')}:{http.get('port', DEFAULT_PORT)}"
 
 
 def deploy(config: dict, dashboard: str) -> None:

@@ -1,4 +1,6 @@
-"""Test session setup: no network but localhost, fake AWS credentials, and a local moto S3 server."""
+"""Test session setup: no network but localhost, fake AWS credentials, and a local moto S3 server; the fixtures
+the test modules share, built once per run (the tiny corpus, the tiny Fast and Slow checkpoints, a Ray cluster,
+the Serve apps); the `integration` marker (the tier that needs Ray, Serve, the demo or a browser)."""
 
 from __future__ import annotations
 
@@ -60,10 +62,8 @@ def s3_bucket(moto_endpoint):
     return f"s3://{name}"
 
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 from cluster.connect import free_port  # noqa: E402 - after the environment above is set
+from helpers import REPO  # noqa: E402,F401 - the repository's root
 
 
 class RayHead(str):
@@ -165,21 +165,139 @@ def mixed_collection(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_fast_checkpoint(tmp_path_factory):
-    """A tiny Fast model's checkpoint (trained one epoch on the tiny synthetic images by the CLI)."""
-    import subprocess
+def tiny_corpus(tmp_path_factory) -> str:
+    """The tiny synthetic set, made once per run by the CLI (`fastslow synth --size tiny`): images/ (40 train, 10
+    val, 20 test) and videos/. Shared: copy it before changing anything in it."""
+    from helpers import fastslow_cli
+
+    out = tmp_path_factory.mktemp("tiny_corpus")
+    fastslow_cli("synth", "--out", str(out), "--size", "tiny")
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_fast_checkpoint(tiny_corpus, tmp_path_factory) -> str:
+    """The demo's tiny Fast (configs/demo.yaml `tiny:`), trained once per run by the CLI on the tiny images."""
+    from helpers import fastslow_cli, tiny_train_args
+
+    out = tmp_path_factory.mktemp("tiny_fast")
+    fastslow_cli("train", "fast", "--data", os.path.join(tiny_corpus, "images"), "--out", str(out),
+                 *tiny_train_args("fast"))
+    return str(out / "checkpoint")
+
+
+@pytest.fixture(scope="session")
+def tiny_slow_checkpoint(tiny_corpus, tmp_path_factory) -> str:
+    """The demo's tiny Slow (configs/demo.yaml `tiny:`), trained once per run by the CLI on the tiny images."""
+    from helpers import fastslow_cli, tiny_train_args
+
+    out = tmp_path_factory.mktemp("tiny_slow")
+    fastslow_cli("train", "slow", "--data", os.path.join(tiny_corpus, "images"), "--out", str(out),
+                 *tiny_train_args("slow"))
+    return str(out / "checkpoint")
+
+
+@pytest.fixture(scope="session")
+def serve_stack(ray_head, tiny_corpus, tiny_fast_checkpoint, tiny_slow_checkpoint, tmp_path_factory):
+    """What the Serve tests deploy: the tiny checkpoints and two index versions of a copy of the tiny images (one id
+    with a '/', one symlink out of the collection) built by `ray job submit` of the index job:
+    {'fast', 'slow', 'root', 'v1' (all 70 items), 'v2' (test 20), 'images', 'slash_id', 'symlink_id'}."""
+    import shutil
+
+    from helpers import job_id, job_summary, wait_for
+    from serve_helpers import odd_media
+
+    out = tmp_path_factory.mktemp("serve")
+    images = out / "images"
+    shutil.copytree(os.path.join(tiny_corpus, "images"), images)
+    slash_id, symlink_id = odd_media(images, out / "outside")
+    root, versions = str(out / "index"), []
+    submit, stop_all = _job_submitter(ray_head)
+    try:
+        for extra in ([], ["split=test"]):
+            job = job_id("serve-index")
+            client = submit(job, "jobs.build_index", "--data", str(images), "--checkpoint", tiny_fast_checkpoint,
+                            "--root", root, "index.shards=2", *extra)
+            status, logs = wait_for(client, job)
+            assert status == "SUCCEEDED", logs[-3000:]
+            versions.append(job_summary(logs)["version"])
+    finally:
+        stop_all()
+    return {"fast": tiny_fast_checkpoint, "slow": tiny_slow_checkpoint, "root": root, "v1": versions[0],
+            "v2": versions[1], "images": str(images), "slash_id": slash_id, "symlink_id": symlink_id}
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """Serve is shut down once the next test does not use the app that is up (see serve_helpers.serve)."""
     import sys
 
-    from test_jobs_training import TINY_FAST
+    if "serve_helpers" not in sys.modules:  # no app was deployed
+        return
+    from serve_helpers import SERVING, serve_shutdown
 
-    out = tmp_path_factory.mktemp("fastckpt")
-    data = out / "synth"
-    subprocess.run([sys.executable, "-m", "fastslow", "synth", "--out", str(data), "--size", "tiny", "--no-progress"],
-                   check=True, capture_output=True, timeout=300)
-    subprocess.run([sys.executable, "-m", "fastslow", "train", "fast", "--data", str(data / "images"), "--out",
-                    str(out / "run"), *TINY_FAST, "train.epochs=1", "train.batch_size=8", "--no-progress"],
-                   check=True, capture_output=True, timeout=300)
-    return str(out / "run" / "checkpoint")
+    if SERVING["name"] is not None and (nextitem is None or SERVING["name"] not in nextitem.fixturenames):
+        serve_shutdown()
+
+
+@pytest.fixture(scope="session")
+def _app_config(serve_stack) -> dict:
+    from serve_helpers import serve_config
+
+    return serve_config(serve_stack, deployments={"Ingress": {"user_config": {"index_version": serve_stack["v1"]}}})
+
+
+@pytest.fixture
+def app(_app_config, serve_stack, ray_head):
+    """The app deployed from the repository's Serve YAML (paths and port filled in), serving version v1:
+    {'url', 'redeploy', **serve_stack}. A test that redeploys puts v1 and no fault back before it ends."""
+    from serve_app.deploy import deploy, with_settings
+    from serve_helpers import serve
+
+    def redeploy(version=None, fault=None):
+        """Deploy again with another index version and/or re-ranker fault (Serve calls reconfigure())."""
+        changed = with_settings(_app_config, deployments={
+            "Ingress": {"user_config": {"index_version": version or serve_stack["v1"]}},
+            "SlowReranker": {"user_config": {"fault": fault}}})
+        deploy(changed, ray_head)
+
+    url = serve("app", _app_config, ray_head, serve_stack["v1"])
+    return {"url": url, "redeploy": redeploy, **serve_stack}
+
+
+@pytest.fixture(scope="session")
+def _guarded_config(serve_stack) -> dict:
+    import json
+
+    from serve_helpers import KEY, serve_config
+
+    ingress = {"user_config": {"index_version": serve_stack["v1"]}, "max_ongoing_requests": 4,
+               "max_queued_requests": 4, "backpressure_config": {"retry_after_s": 1}}
+    config = serve_config(serve_stack, deployments={"Ingress": ingress}, env={"FASTSLOW_API_KEY": KEY})
+    assert KEY not in json.dumps(config["applications"][0]["args"])
+    return config
+
+
+@pytest.fixture
+def guarded(_guarded_config, serve_stack, ray_head):
+    """The app with an API key (serve_helpers.KEY, in the replicas' environment only) and a small ingress queue,
+    serving v1: {'url', **serve_stack}. /readyz is open (load balancers probe it)."""
+    from serve_helpers import serve
+
+    url = serve("guarded", _guarded_config, ray_head, serve_stack["v1"])
+    return {"url": url, **serve_stack}
+
+
+# The integration tier: tests that need a Ray cluster, Serve, a Ray job, the demo or a browser, i.e. every test that
+# uses one of these fixtures, directly or through another fixture (the Serve apps and the browser tests stand on
+# `ray_head`; `demo` and `s3_pipeline` start Ray and Serve through the CLI). The fast tier is everything else:
+# `pytest -m "not integration"`.
+INTEGRATION_FIXTURES = {"ray_head", "submit_job", "submit_module_job", "demo", "s3_pipeline"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 FAULT_LOG_ENV = "FASTSLOW_FAULT_LOG"

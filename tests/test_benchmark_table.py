@@ -8,7 +8,9 @@ from dataclasses import replace
 import pytest
 
 from benchmarks.model_cache import ModelCache
-from benchmarks.table_runner import SIZES, model_depends
+from benchmarks.table_spec import CONFIGS, TABLE_CONFIG, model_depends, table_sizes, table_spec
+from fastslow.config import FastRunConfig, SlowRunConfig, load_config
+from fastslow.errors import FastslowError
 
 ROW_KEYS = {"modality", "method", "k", "r1", "r5", "r10", "median_rank", "ms_per_query"}
 
@@ -78,17 +80,43 @@ def test_each_kept_model_is_keyed_on_what_it_depends_on():
     def keys(spec, modality):
         return {name: cache.key(name, depends) for name, depends in model_depends(spec, modality).items()}
 
-    spec = SIZES["quick"]
+    spec = table_spec("quick")
     before = keys(spec, "image")
     assert len(set(before.values())) == 4
     # A change to images' Fast retrains Fast and both students, keeps Slow, and leaves videos (their own Fast).
-    wider = replace(spec, fast=replace(spec.fast, embed_dim=128))
+    wider = replace(spec, image=replace(spec.image, fast=replace(spec.image.fast, embed_dim=128)))
     after = keys(wider, "image")
     assert after["slow"] == before["slow"] and all(after[m] != before[m] for m in after if m != "slow")
     assert keys(wider, "video") == keys(spec, "video")
     # A change to Slow's schedule keeps Fast and retrains the rest; so does another distillation weight for
     # the soft-target student alone.
-    longer = keys(replace(spec, slow_train=replace(spec.slow_train, epochs=99)), "image")
+    longer = keys(replace(spec, image=replace(spec.image, slow_train=replace(spec.image.slow_train, epochs=99))),
+                  "image")
     assert longer["fast"] == before["fast"] and all(longer[m] != before[m] for m in longer if m != "fast")
     heavier = keys(replace(spec, distill=replace(spec.distill, weight=spec.distill.weight + 1)), "image")
     assert {m for m in heavier if heavier[m] != before[m]} == {"fast_soft_targets"}
+
+
+def test_table_models_come_from_the_presets():
+    """configs/benchmark/table.yaml names the presets; the table differs from them only by its overrides."""
+    assert table_sizes() == ["quick", "full", "tiny"]
+    quick, full, tiny = (table_spec(size) for size in ("quick", "full", "tiny"))
+    assert quick == full
+    images, videos = (load_config(FastRunConfig, str(CONFIGS / f"fast_synth_{m}.yaml")) for m in ("images", "videos"))
+    slow = load_config(SlowRunConfig, str(CONFIGS / "slow_synth_images.yaml"))
+    assert (quick.image.fast, quick.image.fast_train) == (images.model, images.train)
+    assert (quick.video.fast, quick.video.fast_train) == (videos.model, videos.train)
+    assert quick.image.slow == quick.video.slow == slow.model
+    assert (quick.image.slow_train.epochs, quick.video.slow_train.epochs) == (15, 25)
+    assert replace(quick.video.slow_train, epochs=slow.train.epochs) == slow.train
+    assert quick.ks == (5, 10, 20, 50) and quick.uncaptioned == 4000
+    assert tiny.video == tiny.image and tiny.image.fast.vision.kind == "tiny_cnn" and tiny.ks == (2, 5)
+    with pytest.raises(FastslowError, match="no size 'huge'"):
+        table_spec("huge")
+
+
+def test_table_config_rejects_unknown_keys(tmp_path):
+    bad = tmp_path / "table.yaml"
+    bad.write_text(TABLE_CONFIG.read_text().replace("rerank_ks: [2, 5]", "rerank_ks: [2, 5]\n  epochs: 3"))
+    with pytest.raises(FastslowError, match="unknown key.*epochs"):
+        table_spec("tiny", bad)

@@ -6,11 +6,7 @@ import subprocess
 import sys
 
 import pytest
-
-TINY_MODEL = [
-    "model.vision.kind=tiny_cnn", "model.vision.image_size=32", "model.vision.trainable=true",
-    "model.text.kind=tiny_transformer", "model.text.trainable=true", "model.embed_dim=32", "model.head_hidden=0",
-]
+from helpers import TINY_FAST
 
 
 def fastslow(*args, check=True):
@@ -22,11 +18,17 @@ def fastslow(*args, check=True):
 
 
 @pytest.fixture(scope="module")
-def tiny_synth(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth")
-    summary = json.loads(fastslow("synth", "--out", str(out), "--size", "tiny", "--seed", "3").stdout)
-    assert summary["images"] == {"train": 40, "val": 10, "test": 20}
-    return out
+def tiny_synth(tiny_corpus):
+    """conftest's tiny set, made by `fastslow synth --size tiny`."""
+    import pathlib
+
+    return pathlib.Path(tiny_corpus)
+
+
+def test_synth_wrote_the_tiny_set(tiny_synth):
+    dataset = json.loads(next((tiny_synth / "images").glob("dataset_*.json")).read_text())
+    splits = [image["split"] for image in dataset["images"]]
+    assert {s: splits.count(s) for s in set(splits)} == {"train": 40, "val": 10, "test": 20}
 
 
 def test_train_then_eval_through_the_cli(tiny_synth, tmp_path):
@@ -50,7 +52,7 @@ def test_train_then_eval_through_the_cli(tiny_synth, tmp_path):
 
     # The same checkpoint evaluates on the videos' format too (frames pooled over time).
     trained_v = json.loads(fastslow("train", "fast", "--data", str(tiny_synth / "videos"), "--out", str(tmp_path / "v"),
-                                    *TINY_MODEL, "train.epochs=1", "train.batch_size=8", "data.num_frames=4").stdout)
+                                    *TINY_FAST, "train.epochs=1", "train.batch_size=8", "data.num_frames=4").stdout)
     assert trained_v["train_items"] == 24 and trained_v["val"]["gallery"] == 8
 
 
@@ -94,7 +96,7 @@ def test_synth_bad_setting_is_one_line(tmp_path):
 SMALL_SLOW = ["model.vision.image_size=64", "model.dim=64", "model.ffn=128"]
 
 
-def test_slow_distill_and_rerank_through_the_cli(tiny_synth, tmp_path):
+def test_slow_distill_and_rerank_through_the_cli(tiny_synth, tiny_fast_checkpoint, tmp_path):
     data = str(tiny_synth / "images")
     slow = json.loads(fastslow("train", "slow", "--data", data, "--out", str(tmp_path / "slow"), *SMALL_SLOW,
                                "train.epochs=20", "train.batch_size=8").stdout)
@@ -102,8 +104,7 @@ def test_slow_distill_and_rerank_through_the_cli(tiny_synth, tmp_path):
     assert slow["steps"] == 100 and history[-1]["loss"] < history[0]["loss"]
     assert slow["val"]["gallery"] == 10 and slow["val"]["queries"] == 10  # each val item's first caption
 
-    fast_args = ["--data", data, *TINY_MODEL, "train.epochs=3", "train.batch_size=8"]
-    fast = json.loads(fastslow("train", "fast", "--out", str(tmp_path / "fast"), *fast_args).stdout)
+    fast_args = ["--data", data, *TINY_FAST, "train.epochs=3", "train.batch_size=8"]
     student = json.loads(fastslow("train", "distill", "--out", str(tmp_path / "student"), *fast_args,
                                   f"teacher={slow['checkpoint']}", "train.neighbours=1", "distill.weight=2").stdout)
     assert student["teacher"] == slow["checkpoint"] and student["val"]["gallery"] == 10
@@ -112,14 +113,15 @@ def test_slow_distill_and_rerank_through_the_cli(tiny_synth, tmp_path):
 
     # K = 1 keeps Fast's ranking exactly; K = the gallery is Slow's ranking of every caption.
     evaluate = lambda *extra: json.loads(fastslow(  # noqa: E731
-        "eval", "--checkpoint", fast["checkpoint"], "--data", data, "--split", "train", *extra).stdout)
+        "eval", "--checkpoint", tiny_fast_checkpoint, "--data", data, "--split", "train", *extra).stdout)
     plain, k1 = evaluate(), evaluate("--rerank", slow["checkpoint"], "--k", "1")
     assert {m: k1[m] for m in ("r1", "r5", "r10", "median_rank")} == {m: plain[m] for m in ("r1", "r5", "r10", "median_rank")}
     everything = evaluate("--rerank", slow["checkpoint"], "--k", "40")
     assert everything["k"] == 40 and everything["r1"] > 3 * everything["chance"]["r1"], everything
 
 
-def test_distill_over_a_transfer_set_of_uncaptioned_images(tiny_synth, tmp_path):
+def test_distill_over_a_transfer_set_of_uncaptioned_images(tiny_synth, tiny_fast_checkpoint, tiny_slow_checkpoint,
+                                                          tmp_path):
     """`transfer.items`: uncaptioned images join the training set with captions the teacher chose."""
     import shutil
 
@@ -129,35 +131,31 @@ def test_distill_over_a_transfer_set_of_uncaptioned_images(tiny_synth, tmp_path)
     for i in range(1, 13):  # 12 readable images without captions, and one that is not an image
         shutil.copy(tiny_synth / "images" / f"{i:05d}.png", uncaptioned / f"shot_{i}.png")
     (uncaptioned / "broken.png").write_bytes(b"not a png")
-    slow = json.loads(fastslow("train", "slow", "--data", data, "--out", str(tmp_path / "slow"), "train.epochs=2",
-                               "train.batch_size=8", "model.vision.kind=tiny_cnn", "model.vision.image_size=32",
-                               "model.vision.trainable=true", "model.dim=32", "model.ffn=64").stdout)
-    fast_args = ["--data", data, *TINY_MODEL, "train.epochs=2", "train.batch_size=8", "train.neighbours=1"]
-    fast = json.loads(fastslow("train", "fast", "--out", str(tmp_path / "fast"), *fast_args).stdout)
+    fast_args = ["--data", data, *TINY_FAST, "train.epochs=2", "train.batch_size=8", "train.neighbours=1"]
     student = json.loads(fastslow("train", "distill", "--out", str(tmp_path / "student"), *fast_args,
-                                  f"teacher={slow['checkpoint']}", f"transfer.items={uncaptioned}",
-                                  f"transfer.fast={fast['checkpoint']}", "transfer.most=2").stdout)
+                                  f"teacher={tiny_slow_checkpoint}", f"transfer.items={uncaptioned}",
+                                  f"transfer.fast={tiny_fast_checkpoint}", "transfer.most=2").stdout)
     transfer = student["transfer"]
     assert transfer["items"] == 12 and transfer["skipped"] == 1 and 1 <= transfer["captions_per_item"] <= 2
     skipped = [json.loads(line) for line in (tmp_path / "student" / "skipped_transfer.jsonl").read_text().splitlines()]
     assert [s["uri"].endswith("broken.png") for s in skipped] == [True]
-    # 40 captioned + 12 teacher-captioned images: more steps per epoch than Fast over the 40 alone.
-    assert student["train_items"] == 40 and student["steps"] > fast["steps"]
+    # 40 captioned + 12 teacher-captioned images: more steps per epoch than Fast over the 40 alone (5 of 8).
+    assert student["train_items"] == 40 and student["steps"] > 2 * (40 // 8)
     # Videos cannot join images: one line naming the transfer set.
-    proc = fastslow("train", "distill", "--out", str(tmp_path / "student2"), *fast_args, f"teacher={slow['checkpoint']}",
-                    f"transfer.items={tiny_synth / 'videos'}", f"transfer.fast={fast['checkpoint']}", check=False)
+    proc = fastslow("train", "distill", "--out", str(tmp_path / "student2"), *fast_args, f"teacher={tiny_slow_checkpoint}",
+                    f"transfer.items={tiny_synth / 'videos'}", f"transfer.fast={tiny_fast_checkpoint}", check=False)
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert last.startswith("fastslow train: error: transfer.items") and "holds videos" in last, proc.stderr
 
 
 @pytest.mark.parametrize("case", ["no_teacher", "fast_as_teacher", "no_neighbours", "transfer_without_fast"])
-def test_distill_refuses_bad_settings_in_one_line(case, tiny_synth, tmp_path):
+def test_distill_refuses_bad_settings_in_one_line(case, tiny_synth, tmp_path, request):
     data = str(tiny_synth / "images")
-    args = ["--data", data, *TINY_MODEL, "train.epochs=1", "train.batch_size=8"]
+    args = ["--data", data, *TINY_FAST, "train.epochs=1", "train.batch_size=8"]
     if case == "fast_as_teacher":
-        fast = json.loads(fastslow("train", "fast", "--out", str(tmp_path / "fast"), *args).stdout)
-        args, needle = [*args, f"teacher={fast['checkpoint']}"], "expected a Slow checkpoint"
+        fast = request.getfixturevalue("tiny_fast_checkpoint")
+        args, needle = [*args, f"teacher={fast}"], "expected a Slow checkpoint"
     elif case == "no_neighbours":
         args, needle = [*args, f"teacher={tmp_path}", "train.neighbours=0"], "neighbours"
     elif case == "transfer_without_fast":

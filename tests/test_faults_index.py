@@ -14,8 +14,7 @@ import uuid
 import numpy as np
 import pytest
 from tcp_outage import OutageProxy
-from test_jobs_index import build
-from test_jobs_training import job_id, job_status, job_summary, wait_for
+from helpers import build, job_id, job_status, job_summary, wait_for
 
 from fastslow import storage
 from fastslow.index.publish import load_version, version_dir

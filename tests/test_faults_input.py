@@ -10,14 +10,13 @@ import zlib
 
 import pytest
 from media_fixtures import make_jpeg_bytes, make_mp4_bytes, make_png_bytes, random_bytes, write_file
-from test_jobs_index import build
-from test_jobs_training import job_id, job_summary, wait_for
+from helpers import build, job_id, job_summary, wait_for
 
 from apps import cli
 from fastslow import storage
 from fastslow.config import IndexRunConfig, load_config
 from fastslow.index.publish import load_version, version_dir
-from jobs.build_index import index_rows
+from fastslow.index.build import index_rows
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 

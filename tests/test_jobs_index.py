@@ -2,32 +2,34 @@
 
 A folder of images and videos (with a corrupt image, a truncated video and a stray file) is
 indexed into 3 shards; everything read is indexed or in the errors file; the sharded search
-equals one flat index over the same vectors. Builds killed mid-way and resubmitted: tests/test_faults_index.py.
+equals one flat index over the same vectors; the core's local pipeline (no Ray) builds the same
+version. Builds killed mid-way and resubmitted: tests/test_faults_index.py.
 """
 
 import json
 
 import numpy as np
 import pytest
-from test_jobs_training import job_id, job_summary, wait_for
+from helpers import build, job_id, job_summary, wait_for
 
+from fastslow import storage
 from fastslow.index.publish import current_version, load_version
 from fastslow.index.shards import IndexSpec, build_shards, search_all
 
 
-def build(submit_job, job, collection, checkpoint, root, *extra, runtime_env=None):
-    """Submit the index job of `collection` in 3 shards, partitions of 4 items (9 partitions for mixed_collection)."""
-    return submit_job(job, "jobs.build_index", "--data", collection, "--checkpoint", checkpoint, "--root", root,
-                      "index.shards=3", "embed.partition_size=4", "data.num_frames=4", *extra, runtime_env=runtime_env)
-
-
-def test_index_job_indexes_everything_or_reports_it(mixed_collection, tiny_fast_checkpoint, tmp_path, submit_job):
-    collection, fast_checkpoint = mixed_collection, tiny_fast_checkpoint
-    root, job = str(tmp_path / "index"), job_id("index")
-    client = build(submit_job, job, collection, fast_checkpoint, root)
+@pytest.fixture(scope="module")
+def ray_built(mixed_collection, tiny_fast_checkpoint, tmp_path_factory, submit_module_job):
+    """The index job's build of the mixed collection: (root, its logs, its summary)."""
+    root, job = str(tmp_path_factory.mktemp("ray") / "index"), job_id("index")
+    client = build(submit_module_job, job, mixed_collection, tiny_fast_checkpoint, root)
     status, logs = wait_for(client, job)
     assert status == "SUCCEEDED", logs[-4000:]
-    summary = job_summary(logs)
+    return root, logs, job_summary(logs)
+
+
+def test_index_job_indexes_everything_or_reports_it(ray_built, mixed_collection, tiny_fast_checkpoint):
+    collection, fast_checkpoint = mixed_collection, tiny_fast_checkpoint
+    root, logs, summary = ray_built
     assert (summary["read"], summary["indexed"], summary["errors"]) == (31, 28, 3)
     assert "indexed 28 of 31 items read (3 errors" in logs
 
@@ -66,3 +68,27 @@ def test_index_job_indexes_everything_or_reports_it(mixed_collection, tiny_fast_
     tied[:, 1:] |= near(s_scores[:, 1:], s_scores[:, :-1])
     tied[:, :-1] |= near(s_scores[:, :-1], s_scores[:, 1:])
     assert (sharded == single)[:, :10][~tied[:, :10]].all() and (~tied[:, :10]).sum() >= 10
+
+
+def test_index_job_and_the_local_pipeline_build_the_same_version(ray_built, mixed_collection, tiny_fast_checkpoint,
+                                                                  tmp_path):
+    """The Ray job and the core's local executor, on the same input into two roots: the same version name, the
+    same items in the same rows, the same vectors, the same errors."""
+    from test_index_build import config, vectors_of
+
+    from fastslow.index.build import build_index
+
+    ray_root, _, ray_summary = ray_built
+    local_root = str(tmp_path / "local")
+    local = build_index(config(mixed_collection, tiny_fast_checkpoint, local_root))
+    assert local["version"] == ray_summary["version"] == current_version(local_root)
+    assert {k: local[k] for k in ("read", "indexed", "errors")} == {k: ray_summary[k] for k in ("read", "indexed",
+                                                                                                   "errors")}
+    (ids, vectors), (ray_ids, ray_vectors) = vectors_of(local_root), vectors_of(ray_root)
+    assert ids == ray_ids and np.allclose(vectors, ray_vectors, atol=1e-5)
+    errors = [sorted(json.loads(line)["id"] for line in storage.read_text(s["errors_file"]).splitlines())
+              for s in (local, ray_summary)]
+    assert errors[0] == errors[1] and len(errors[0]) == 3
+    ray_index, local_index = load_version(ray_root), load_version(local_root)
+    assert [r.tolist() for r in ray_index.rows] == [r.tolist() for r in local_index.rows]
+    assert local_index.manifest["model"] == ray_index.manifest["model"]

@@ -8,62 +8,23 @@ resumes from the last checkpoint, and that a stopped job resubmitted under the s
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
-import uuid
 
 import pytest
+from helpers import TINY_FAST, TINY_SLOW, job_id, job_status, job_summary, wait_for  # noqa: F401 - job_status,
+# job_summary: still imported from here by tests/test_jobs_index.py
 
 from fastslow import storage
 from fastslow.models.checkpoint import load_checkpoint
 from fastslow.models.fast import FastModel
 from fastslow.models.slow import SlowModel
 
-TINY_FAST = ["model.vision.kind=tiny_cnn", "model.vision.image_size=32", "model.vision.trainable=true",
-             "model.text.kind=tiny_transformer", "model.text.trainable=true", "model.embed_dim=32",
-             "model.head_hidden=0"]
-TINY_SLOW = ["model.vision.kind=tiny_cnn", "model.vision.image_size=32", "model.vision.trainable=true",
-             "model.text.kind=tiny_transformer", "model.dim=32", "model.heads=2", "model.ffn=64"]
 # Two workers share the two CPUs of a small machine.
 TWO_WORKERS = ["job.num_workers=2", "job.cpus_per_worker=0.5"]
 
 
 @pytest.fixture(scope="module")
-def tiny_images(tmp_path_factory):
-    out = tmp_path_factory.mktemp("jobs_synth")
-    subprocess.run([sys.executable, "-m", "fastslow", "synth", "--out", str(out), "--size", "tiny", "--seed", "5",
-                    "--no-progress"], check=True, capture_output=True, timeout=300)
-    return str(out / "images")
-
-
-def job_id(name: str) -> str:
-    """A unique submission id starting with `name`."""
-    return f"{name}-{uuid.uuid4().hex[:8]}"
-
-
-def job_status(client, job_id: str) -> str:
-    """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
-    return str(client.get_job_status(job_id)).rpartition(".")[2]
-
-
-def job_summary(logs: str) -> dict:
-    """The JSON summary a job prints last."""
-    return json.loads(logs[logs.rindex("{\n"):])
-
-
-def wait_for(client, job_id: str, timeout: float = 400, until_log: str | None = None) -> tuple[str, str]:
-    """Poll a job until it ends (or, with `until_log`, until that text is in its logs); (status, logs)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status = job_status(client, job_id)
-        logs = client.get_job_logs(job_id)
-        if until_log is not None and until_log in logs:
-            return status, logs
-        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
-            return status, logs
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} did not finish in {timeout} s:\n{client.get_job_logs(job_id)[-3000:]}")
+def tiny_images(tiny_corpus):
+    return os.path.join(tiny_corpus, "images")
 
 
 def _summary(out) -> dict:
@@ -80,13 +41,13 @@ def test_fast_job_on_two_workers_writes_a_loadable_checkpoint(tiny_images, tmp_p
     model, manifest = load_checkpoint(os.path.join(out, "checkpoint"))
     assert isinstance(model, FastModel)
     trained = manifest["extra"]["train_summary"]
-    # 40 training items, 20 per worker, batches of 8: 2 steps per epoch.
-    assert trained["workers"] == 2 and trained["step"] == trained["total_steps"] == 6 and trained["resumed_from"] == []
+    # 40 training items, a global batch of 8 (4 on each of the 2 workers): 5 steps per epoch.
+    assert trained["workers"] == 2 and trained["step"] == trained["total_steps"] == 15 and trained["resumed_from"] == []
     with open(os.path.join(out, "history.json")) as f:
         history = json.load(f)
-    assert [h["step"] for h in history] == list(range(1, 7))
+    assert [h["step"] for h in history] == list(range(1, 16))
     assert all(h["loss"] > 0 and h["samples_per_s"] > 0 and 0 < h["temperature"] < 1 for h in history)
-    assert "step 1/6" in logs and "step 6/6" in logs and f"final checkpoint: {out}/checkpoint" in logs
+    assert "step 1/15" in logs and "step 15/15" in logs and f"final checkpoint: {out}/checkpoint" in logs
     summary = _summary(out)
     assert summary["train_items"] == 40 and summary["val"]["gallery"] == 10 and summary["val"]["queries"] == 50
     assert os.path.isdir(summary["ray_checkpoint"])  # Ray Train's own copy, under <out>/ray_train
@@ -103,7 +64,7 @@ def test_slow_then_distill_jobs_with_everything_on_s3(tiny_images, tmp_path, sub
     status, logs = wait_for(client, job)
     assert status == "SUCCEEDED", logs[-4000:]
     slow, manifest = load_checkpoint(f"{slow_out}/checkpoint")
-    assert isinstance(slow, SlowModel) and manifest["extra"]["train_summary"]["total_steps"] == 4
+    assert isinstance(slow, SlowModel) and manifest["extra"]["train_summary"]["total_steps"] == 10
     summary = json.loads(storage.read_text(f"{slow_out}/summary.json"))
     assert summary["val"]["gallery"] == 10 and summary["ray_checkpoint"].startswith(f"{slow_out}/ray_train/")
     assert storage.list_files(f"{slow_out}/ray_train", suffixes="model.safetensors")  # Ray Train's copies
@@ -141,8 +102,8 @@ def _train_worker_pids(address: str) -> list[int]:
     return [a.pid for a in actors]
 
 
-# 2 steps per epoch: 80 steps, a checkpoint every 5.
-LONG_RUN = [*TINY_FAST, *TWO_WORKERS, "train.epochs=40", "train.batch_size=8", "job.checkpoint_every=5",
+# 5 steps per epoch (a global batch of 8): 80 steps, a checkpoint every 5.
+LONG_RUN = [*TINY_FAST, *TWO_WORKERS, "train.epochs=16", "train.batch_size=8", "job.checkpoint_every=5",
             "job.log_every=1"]
 
 

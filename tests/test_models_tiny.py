@@ -2,20 +2,10 @@
 
 import pytest
 import torch
+from helpers import tiny_config
 
-from fastslow.models import FastConfig, FastModel, TextTowerConfig, VisionTowerConfig
+from fastslow.models import FastConfig, FastModel
 from fastslow.models.tokenizer import ByteTokenizer
-
-
-def tiny_config(vision_trainable=True, text_trainable=True, head_hidden=16) -> FastConfig:
-    return FastConfig(
-        vision=VisionTowerConfig(kind="tiny_cnn", image_size=32, width=8, depth=2, trainable=vision_trainable),
-        text=TextTowerConfig(
-            kind="tiny_transformer", max_length=16, width=16, depth=1, heads=2, trainable=text_trainable
-        ),
-        embed_dim=8,
-        head_hidden=head_hidden,
-    )
 
 
 def pixels(*shape) -> torch.Tensor:

@@ -4,9 +4,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from helpers import tiny_config, tiny_slow
 from media_fixtures import make_png_bytes, random_bytes, write_file
-from test_models_tiny import tiny_config
-from test_slow_training import tiny_slow
 
 from fastslow.index.publish import publish, write_version
 from fastslow.index.shards import IndexSpec, build_shards

@@ -3,25 +3,17 @@
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_slow
 
 from fastslow.data.loaded import LoadedSplit
 from fastslow.data.types import ReadReport
 from fastslow.errors import FastslowError
-from fastslow.models import SlowConfig, SlowModel, TextTowerConfig, VisionTowerConfig
+from fastslow.models import SlowModel
 from fastslow.train.slow_training import SlowTrainConfig, make_slow_model, train_slow
 from fastslow.inference.slow_scores import slow_features, slow_score_matrix
 
 COLOURS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230), "yellow": (230, 230, 20)}
 TEXTS = ["red green", "a blue square", "green red", "yellow", "the blue circle is left of the red one"]
-
-
-def tiny_slow(trainable: bool = True, image_size: int = 32, **overrides) -> SlowConfig:
-    fields = dict(
-        vision=VisionTowerConfig(kind="tiny_cnn", image_size=image_size, width=8, depth=2, trainable=trainable),
-        text=TextTowerConfig(kind="tiny_transformer", max_length=16),
-        dim=32, layers=2, heads=2, ffn=64, dropout=0.0, video_grid=2, max_frames=4, max_length=48,
-    )
-    return SlowConfig(**(fields | overrides))
 
 
 def two_colour_split(n: int, seed: int) -> LoadedSplit:

@@ -81,7 +81,7 @@ def test_with_extra_items_appends_every_item_with_its_captions():
 
 
 def test_default_scorer_is_slow_over_each_items_shortlist():
-    from test_slow_training import tiny_slow
+    from helpers import tiny_slow
 
     from fastslow.train.slow_training import make_slow_model
     from fastslow.inference.slow_scores import slow_features, slow_score_matrix

@@ -76,7 +76,13 @@ class TextTowerConfig:
 
 @dataclass
 class FastConfig:
-    """The Fast dual encoder: two towers, projection heads into `embed_dim`, a learned temperature."""
+    """The Fast dual encoder: two towers, projection heads into `embed_dim`, a learned temperature.
+
+    The code defaults are the generic starting point, for a config that leaves a key out or for no config at
+    all: frozen towers, global pooling, MLP heads. They are no tuned preset, and they stay as they are (runs
+    without a config rely on them). The presets live in configs/*.yaml (e.g. configs/fast_synth_images.yaml,
+    the synthetic benchmark's measured settings, which the benchmark table and the demo load), one file each.
+    """
 
     vision: VisionTowerConfig = field(default_factory=VisionTowerConfig)
     text: TextTowerConfig = field(default_factory=TextTowerConfig)

@@ -173,6 +173,66 @@ def _dump(path: str, obj) -> None:
         f.write("\n")
 
 
+def _image_entries(images: list[dict]) -> list[dict]:
+    """Karpathy-format entries of the captioned images, sentence ids counted across them."""
+    entries, sentid = [], 0
+    for it in images:
+        sents = [{"raw": c, "tokens": cap.tokenize(c), "sentid": sentid + k} for k, c in enumerate(it["captions"])]
+        entries.append({"filename": f"{it['name']}.png", "imgid": int(it["name"]), "split": it["split"],
+                        "sentences": sents, "sentids": [s["sentid"] for s in sents], "group": it["group"],
+                        "twin": it["twin"]})
+        sentid += len(sents)
+    return entries
+
+
+def _write_images(images: list[dict], cfg: SynthConfig, out_dir: str, progress: bool, workers: int) -> str:
+    """Render the captioned images and write their Karpathy-format JSON; returns its path."""
+    directory = os.path.join(out_dir, "images")
+    _run(_tasks(images, "image", directory, cfg), len(images), "images", progress, workers)
+    path = os.path.join(directory, "dataset_synth.json")
+    _dump(path, {"dataset": "synth", "images": _image_entries(images)})
+    return path
+
+
+def _write_videos(videos: list[dict], cfg: SynthConfig, out_dir: str, progress: bool, workers: int) -> list[str]:
+    """Render the videos and write one VATEX-format JSON per split; returns their paths."""
+    directory = os.path.join(out_dir, "videos")
+    _run(_tasks(videos, "video", directory, cfg), len(videos), "videos", progress, workers)
+    paths = []
+    for split in SPLITS:
+        rows = [{"videoID": it["name"], "enCap": it["captions"], "group": it["group"], "twin": it["twin"]}
+                for it in videos if it["split"] == split]
+        path = os.path.join(directory, f"vatex_{split}.json")
+        _dump(path, rows)
+        paths.append(path)
+    return paths
+
+
+def _count(summary: dict, images: list[dict], videos: list[dict], uncaptioned: list[dict]) -> None:
+    """Add the per-split item and group counts to `summary`."""
+    for media, its in (("images", images), ("videos", videos)):
+        summary[media] = {s: sum(it["split"] == s for it in its) for s in SPLITS}
+        summary[f"{media[:-1]}_groups"] = {s: len({it["group"] for it in its if it["split"] == s}) for s in SPLITS}
+    if uncaptioned:
+        summary["images"][UNCAPTIONED] = len(uncaptioned)
+
+
+def _write_record(cfg: SynthConfig, out_dir: str, summary: dict, videos: list[dict]) -> str:
+    """Write synth.json (the generator's parameters and counts); returns its path."""
+    record = {
+        "generator": "fastslow.synth",
+        "format_version": FORMAT_VERSION,
+        "config": asdict(cfg),
+        "images": summary["images"],
+        "videos": summary["videos"],
+        "video_codec": motion.video_codec() if videos else None,
+        "vocabulary": sorted(cap.vocabulary()),
+    }
+    path = os.path.join(out_dir, "synth.json")
+    _dump(path, record)
+    return path
+
+
 def write_dataset(cfg: SynthConfig, out_dir: str, progress: bool = True, workers: int = 1) -> dict:
     """Generate the whole dataset under out_dir; the content depends on cfg only, never on workers."""
     cfg.validate()
@@ -186,59 +246,15 @@ def write_dataset(cfg: SynthConfig, out_dir: str, progress: bool = True, workers
                        if its])
     summary: dict = {"out_dir": out_dir, "seed": cfg.seed, "files": {}}
     if images:
-        directory = os.path.join(out_dir, "images")
-        _run(_tasks(images, "image", directory, cfg), len(images), "images", progress, workers)
-        entries, sentid = [], 0
-        for it in images:
-            sents = [{"raw": c, "tokens": cap.tokenize(c), "sentid": sentid + k} for k, c in enumerate(it["captions"])]
-            entries.append(
-                {
-                    "filename": f"{it['name']}.png",
-                    "imgid": int(it["name"]),
-                    "split": it["split"],
-                    "sentences": sents,
-                    "sentids": [s["sentid"] for s in sents],
-                    "group": it["group"],
-                    "twin": it["twin"],
-                }
-            )
-            sentid += len(sents)
-        path = os.path.join(directory, "dataset_synth.json")
-        _dump(path, {"dataset": "synth", "images": entries})
-        summary["files"]["images"] = path
+        summary["files"]["images"] = _write_images(images, cfg, out_dir, progress, workers)
     if uncaptioned:  # a bare folder of PNGs, read like any collection to index (fastslow/data/folder.py)
         directory = os.path.join(out_dir, "images_uncaptioned")
         _run(_tasks(uncaptioned, "image", directory, cfg), len(uncaptioned), "uncaptioned images", progress, workers)
         summary["files"]["images_uncaptioned"] = directory
     if videos:
-        directory = os.path.join(out_dir, "videos")
-        _run(_tasks(videos, "video", directory, cfg), len(videos), "videos", progress, workers)
-        summary["files"]["videos"] = []
-        for split in SPLITS:
-            rows = [
-                {"videoID": it["name"], "enCap": it["captions"], "group": it["group"], "twin": it["twin"]}
-                for it in videos
-                if it["split"] == split
-            ]
-            path = os.path.join(directory, f"vatex_{split}.json")
-            _dump(path, rows)
-            summary["files"]["videos"].append(path)
-    for media, its in (("images", images), ("videos", videos)):
-        summary[media] = {s: sum(it["split"] == s for it in its) for s in SPLITS}
-        summary[f"{media[:-1]}_groups"] = {s: len({it["group"] for it in its if it["split"] == s}) for s in SPLITS}
-    if uncaptioned:
-        summary["images"][UNCAPTIONED] = len(uncaptioned)
-    record = {
-        "generator": "fastslow.synth",
-        "format_version": FORMAT_VERSION,
-        "config": asdict(cfg),
-        "images": summary["images"],
-        "videos": summary["videos"],
-        "video_codec": motion.video_codec() if videos else None,
-        "vocabulary": sorted(cap.vocabulary()),
-    }
-    summary["files"]["synth"] = os.path.join(out_dir, "synth.json")
-    _dump(summary["files"]["synth"], record)
+        summary["files"]["videos"] = _write_videos(videos, cfg, out_dir, progress, workers)
+    _count(summary, images, videos, uncaptioned)
+    summary["files"]["synth"] = _write_record(cfg, out_dir, summary, videos)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
 

@@ -1,7 +1,8 @@
-"""Ray Data: a dataset split's samples decoded on CPU tasks, and back into a `LoadedSplit` on a worker.
+"""A split as plain rows, decoded row by row, and back into a `LoadedSplit`: the steps the Ray Data loader of
+training (actors/training_data.py) distributes over tasks and workers.
 
-Every sample stays a row: a decode failure becomes the row's `error` instead of an exception, so
-the driver can report it (nothing lost silently) and train or index on the rest.
+Every sample stays a row: a decode failure becomes the row's `error` instead of an exception, so the
+driver can report it (nothing lost silently) and train on the rest.
 """
 
 from __future__ import annotations
@@ -10,14 +11,12 @@ import json
 
 import numpy as np
 
-from fastslow.data.source import DataConfig
 from fastslow.data.decode import DecodeConfig, decode_sample
 from fastslow.data.loaded import LoadedSplit, MediaFilter, empty_shape
 from fastslow.data.registry import open_dataset
+from fastslow.data.source import DataConfig
 from fastslow.data.types import ReadReport, Sample
 from fastslow.errors import DecodeError, FastslowError
-
-ROWS_PER_BLOCK = 64  # small blocks: decoding spreads over every CPU even for small datasets
 
 
 def sample_rows(data: DataConfig, split: str | None) -> tuple[list[dict], ReadReport, str]:
@@ -31,6 +30,7 @@ def sample_rows(data: DataConfig, split: str | None) -> tuple[list[dict], ReadRe
     rows = [{"id": s.id, "media": s.media, "uri": s.uri, "captions": json.dumps(list(s.captions)),
              "inline": s.data is not None, "data": s.data or b""} for s in chosen]
     return rows, report, chosen.media or "image"
+
 
 
 def decode_rows(batch: dict, cfg: DecodeConfig, media: str) -> dict:
@@ -51,31 +51,6 @@ def decode_rows(batch: dict, cfg: DecodeConfig, media: str) -> dict:
     out["error"] = np.array(errors, dtype=object)
     return out
 
-
-def read_split(data: DataConfig, split: str | None, image_size: int):
-    """(Ray Dataset of the decoded items, ReadReport with every failure, media) of one split.
-
-    The dataset is materialised: the trainer shards it across workers, and the failures are
-    counted once, here.
-    """
-    import ray.data
-
-    rows, report, media = sample_rows(data, split)
-    if not rows:
-        raise FastslowError(f"{data.path}: split {split!r} has no items ({report.summary()})")
-    cfg = DecodeConfig(image_size=image_size, num_frames=data.num_frames)
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // ROWS_PER_BLOCK))
-    ds = ds.map_batches(decode_rows, fn_kwargs={"cfg": cfg, "media": media}, batch_size=16).materialize()
-    failed = ds.filter(lambda r: r["error"] != "").select_columns(["id", "uri", "error"]).take_all()
-    for r in failed:
-        report.skip(r["id"], r["uri"], r["error"])
-    report.used = len(rows) - len(failed)
-    if not report.balanced:
-        raise RuntimeError(f"read report does not balance: {report.summary()}")
-    if report.used == 0:
-        raise FastslowError(f"{data.path}: split {split!r} has no usable items ({report.summary()})")
-    good = ds.filter(lambda r: r["error"] == "").drop_columns(["error"]).materialize()
-    return good, report, media
 
 
 def split_from_rows(batches, media: str) -> LoadedSplit:

@@ -104,7 +104,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from actors.decode import split_from_rows
+    from fastslow.data.rows import split_from_rows
     from fastslow.env import apply_local_safety_env
     from fastslow.train.run import prepare_training
 
@@ -167,15 +167,10 @@ def train_loop_per_worker(config: dict) -> None:
 # ---- on the driver -------------------------------------------------------------------------------------
 
 
-def absolute(uri: str) -> str:
-    """A job's path made absolute (a job's working directory is a temporary copy): see cluster.connect.storage_path."""
-    from cluster.connect import storage_path
-
-    return storage_path(uri)
-
-
 def resolve_paths(cfg) -> None:
     """Absolute local paths: a job's working directory is a temporary copy, and workers run elsewhere."""
+    from cluster.connect import storage_path as absolute
+
     cfg.out = absolute(cfg.out)
     cfg.data.path = absolute(cfg.data.path) if cfg.data.path else cfg.data.path
     if cfg.data.media_root:
@@ -231,7 +226,7 @@ def _trainer(kind: str, cfg, dataset, media: str):
 
 def run_job(kind: str, cfg, address: str | None = None) -> dict:
     """Read the data with Ray Data, train with TorchTrainer, evaluate the final checkpoint on validation."""
-    from actors.decode import read_split
+    from actors.training_data import read_split
     from cluster.connect import connect
     from fastslow.models.slow import build_output_vocab
     from fastslow.train.run import validate
@@ -258,22 +253,3 @@ def run_job(kind: str, cfg, address: str | None = None) -> dict:
     summary.update(validate(kind, cfg, model, progress=False))
     summary["seconds"] = round(time.time() - started, 1)
     return write_summary(cfg, summary)
-
-
-def main(kind: str, argv: list[str] | None = None) -> int:
-    """`python -m jobs.<train_fast|train_slow|distill> [--config YAML] [--address ADDR] [KEY=VALUE ...]`."""
-    from jobs.cli import job_main
-
-    module = {"fast": "train_fast", "slow": "train_slow", "distill": "distill"}[kind]
-    what = {"fast": "the Fast dual encoder", "slow": "the Slow captioner",
-            "distill": "a Fast student from a Slow teacher (teacher=PATH)"}[kind]
-    return job_main(
-        f"python -m jobs.{module}",
-        f"Train {what} with Ray Train, on the cluster at --address or on a local Ray. Local paths must be "
-        "absolute or s3:// when the job runs on a cluster.",
-        RUN_CONFIGS[kind],
-        {"data": ("data.path", "dataset path (local or s3://)"),
-         "out": ("out", "run folder for the final checkpoint, history and summary")},
-        lambda cfg, address: run_job(kind, cfg, address), argv,
-        epilog="Settings: --config YAML plus KEY=VALUE overrides, e.g. train.epochs=5 job.num_workers=2 "
-               "job.use_gpu=auto (the default: GPUs where the cluster has them) job.checkpoint_every=500.")

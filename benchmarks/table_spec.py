@@ -1,0 +1,120 @@
+"""The benchmark table's sizes: each model and schedule loaded from the configs/*.yaml presets.
+
+configs/benchmark/table.yaml names, per size and modality, the preset each model starts from and the
+KEY=VALUE overrides where the table differs from it, so each setting has one source. Kept models are keyed
+on what `model_depends` returns (benchmarks/model_cache.py): the loaded configs themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from fastslow.config import DistillRunConfig, FastRunConfig, SlowRunConfig, load_config
+from fastslow.errors import FastslowError
+from fastslow.models.config import FastConfig, dataclass_from_dict
+from fastslow.models.slow import SlowConfig
+from fastslow.train.distillation import DistillConfig
+from fastslow.train.fast_training import FastTrainConfig
+from fastslow.train.slow_training import SlowTrainConfig
+from fastslow.train.teacher_captions import TeacherCaptionConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TABLE_CONFIG = CONFIGS / "benchmark" / "table.yaml"
+
+
+@dataclass
+class Preset:
+    """A preset of configs/ (a file name there) and the KEY=VALUE overrides on top of it."""
+
+    config: str
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ModalityPlan:
+    fast: Preset  # its model and train sections: Fast and its schedule (the students' too)
+    slow: Preset  # its model and train sections: Slow and its schedule
+
+
+@dataclass
+class SizePlan:
+    """One size of configs/benchmark/table.yaml."""
+
+    image: ModalityPlan
+    distill: Preset  # its distill section (the soft-target term) and transfer section (the teacher captions)
+    rerank_ks: list[int]
+    uncaptioned: int = 0
+    video: ModalityPlan | None = None  # None: the image models
+
+
+@dataclass
+class Models:
+    """One modality's Fast and Slow, each with its schedule."""
+
+    fast: FastConfig
+    fast_train: FastTrainConfig
+    slow: SlowConfig
+    slow_train: SlowTrainConfig
+
+
+@dataclass
+class TableSpec:
+    """Models and schedules of one benchmark size."""
+
+    image: Models
+    video: Models
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    teacher_captions: TeacherCaptionConfig = field(default_factory=TeacherCaptionConfig)
+    ks: tuple[int, ...] = (5, 10, 20, 50)
+    uncaptioned: int = 0  # training-distribution images without captions: the transfer set of images' fast_distilled
+
+    def models(self, modality: str) -> Models:
+        return self.video if modality == "video" else self.image
+
+
+def table_sizes(path: Path = TABLE_CONFIG) -> list[str]:
+    return list(_read_plans(path))
+
+
+def table_spec(size: str, path: Path = TABLE_CONFIG) -> TableSpec:
+    """The models and schedules of one size, loaded from the presets `path` names."""
+    plans = _read_plans(path)
+    if size not in plans:
+        raise FastslowError(f"{path}: no size {size!r} (expected one of {', '.join(plans)})")
+    plan = dataclass_from_dict(SizePlan, plans[size], where=f"{path.name}: {size}")
+    image = _models(plan.image)
+    video = image if plan.video is None else _models(plan.video)
+    distill = _load(DistillRunConfig, plan.distill)
+    # The transfer section also names its items and shortlisting checkpoint: the table brings its own.
+    captions = TeacherCaptionConfig(**{f.name: getattr(distill.transfer, f.name) for f in fields(TeacherCaptionConfig)})
+    return TableSpec(image=image, video=video, distill=distill.distill, teacher_captions=captions,
+                     ks=tuple(plan.rerank_ks), uncaptioned=plan.uncaptioned)
+
+
+def _read_plans(path: Path) -> dict:
+    plans = yaml.safe_load(Path(path).read_text())
+    if not isinstance(plans, dict):
+        raise FastslowError(f"{path}: expected a mapping of sizes at the top level")
+    return plans
+
+
+def _models(plan: ModalityPlan) -> Models:
+    fast, slow = _load(FastRunConfig, plan.fast), _load(SlowRunConfig, plan.slow)
+    return Models(fast=fast.model, fast_train=fast.train, slow=slow.model, slow_train=slow.train)
+
+
+def _load(cls, preset: Preset):
+    return load_config(cls, str(CONFIGS / preset.config), preset.overrides)
+
+
+def model_depends(spec: TableSpec, modality: str) -> dict[str, dict]:
+    """What each kept model of a modality depends on beyond the seed and the training split: its cache key.
+    Slow holds no Fast config, so a change to Fast retrains Fast and its students but keeps Slow."""
+    models = spec.models(modality)
+    fast = {"fast": models.fast, "fast_train": models.fast_train}
+    slow = {"slow": models.slow, "slow_train": models.slow_train}
+    return {"fast": fast, "slow": slow, "fast_soft_targets": {**fast, **slow, "distill": spec.distill},
+            "fast_teacher_captions": {**fast, **slow, "teacher_captions": spec.teacher_captions}}
