@@ -99,30 +99,39 @@ def _torch_bytes(obj) -> bytes:
     return buf.getvalue()
 
 
-def train_loop_per_worker(config: dict) -> None:
-    """Ray Train's per-worker function: shard -> LoadedSplit -> prepare_training -> fit; a report per checkpoint."""
+def _prepare_worker(kind: str, config: dict):
+    """This worker's config (with its share of the global batch), its shard as a LoadedSplit, its prepared run."""
     import ray.train
     import ray.train.torch
 
     from fastslow.data.rows import split_from_rows
-    from fastslow.env import apply_local_safety_env
     from fastslow.train.run import prepare_training
 
-    apply_local_safety_env()
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per report: our progress lines say it
-    kind = config["kind"]
     cfg = dataclass_from_dict(RUN_CONFIGS[kind], config["config"], where="job config")
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     # train.batch_size is the global batch: each of the W workers takes its share, and the losses gather the
     # others' (so W workers optimise what one process with the same config does).
-    cfg.train.batch_size = worker_batch_size(cfg.train.batch_size, world)
+    cfg.train.batch_size = worker_batch_size(cfg.train.batch_size, ray.train.get_context().get_world_size())
     torch.set_num_threads(max(1, int(cfg.job.cpus_per_worker)))  # as many threads as CPUs reserved
     shard = ray.train.get_dataset_shard("train")
     split = split_from_rows(shard.iter_batches(batch_size=256, batch_format="numpy"), config["media"])
     torch.manual_seed(cfg.train.seed)
     run = prepare_training(kind, cfg, split, progress=False)
     run.model.to(ray.train.torch.get_device())
+    return cfg, split, run
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train's per-worker function: shard -> LoadedSplit -> prepare_training -> fit; a report per checkpoint."""
+    import ray.train
+
+    from fastslow.env import apply_local_safety_env
+
+    apply_local_safety_env()
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per report: our progress lines say it
+    kind = config["kind"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    cfg, split, run = _prepare_worker(kind, config)
     resume, history = _restore(run.model, cfg)
     _broadcast_parameters(run.model)
     per_epoch = _agreed_steps_per_epoch(run.batches.steps_per_epoch())
