@@ -73,7 +73,7 @@ def _cmd_index(args) -> dict:
 def _cmd_serve(args) -> dict | None:
     from cluster.connect import connect, free_port
     from cluster.connect import storage_path as absolute
-    from serve_app.serve import start_app, stop_serving, wait_until_interrupted
+    from serve_app.launch import start_app, stop_serving, wait_until_interrupted
 
     paths = [absolute(p) if p else "" for p in (args.index_root, args.fast, args.slow)]
     if args.address:

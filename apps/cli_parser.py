@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fastslow.data.decode import DecodeConfig
 from fastslow.search.request import SearchRequest
+from fastslow.synth.presets import synth_sizes
 from serve_app.config import DEFAULT_PORT
 
 SERVE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "serve_synth.yaml"
@@ -41,7 +42,8 @@ def _synth_parser(sub, common: argparse.ArgumentParser) -> None:
                                    "name motion direction and event order. Deterministic from --seed.")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--size", choices=["tiny", "quick", "full"], default="quick", help="preset sizes (default quick)")
+    p.add_argument("--size", choices=sorted(synth_sizes()), default="quick",
+                   help="a size of configs/synth.yaml (default quick)")
     p.add_argument("--workers", type=int, default=1, help="processes used to render (output does not depend on it)")
     _add_address(p, "as one Ray task")
 

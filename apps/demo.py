@@ -171,7 +171,7 @@ def run_demo(workdir: str, size: str = "demo", port: int = DEFAULT_PORT, seed: i
              exit_when_ready: bool = False, say=print) -> dict:
     """Set everything up, serve, and (unless `exit_when_ready`) keep serving until Ctrl-C."""
     from cluster.connect import connect, free_port
-    from serve_app.serve import start_app, stop_serving, wait_until_interrupted
+    from serve_app.launch import start_app, stop_serving, wait_until_interrupted
 
     demo = Demo(workdir, size, seed, progress, say)
     started = time.time()

@@ -174,7 +174,7 @@ class ServedApp:
 
     def __init__(self, run: dict, nprobe: int):
         from cluster.connect import connect, free_port
-        from serve_app.deploy import base_url, load_serve_config
+        from serve_app.launch import base_url, load_serve_config
 
         dashboard = free_port()
         connect(num_cpus=os.cpu_count(), dashboard_port=dashboard, log_to_driver=False)
@@ -185,13 +185,13 @@ class ServedApp:
         self.url = base_url(self.config(run["version"]))
 
     def config(self, index_version: str, **extra) -> dict:
-        from serve_app.deploy import with_settings
+        from serve_app.launch import with_settings
 
         return with_settings(self.template, args={**self.args, **extra}, port=self.port,
                              deployments={"Ingress": {"user_config": {"index_version": index_version}}})
 
     def deploy(self, index_version: str, **extra) -> None:
-        from serve_app.deploy import deploy, wait_ready
+        from serve_app.launch import deploy, wait_ready
 
         deploy(self.config(index_version, **extra), self.dash)
         wait_ready(self.url, version=index_version)
@@ -201,7 +201,7 @@ def serve_side_by_side(app: ServedApp, run: dict, pipelines: dict, n: int) -> di
     """The encoder as its own deployment, then each version in process and over HTTP (a live swap between them)."""
     from ray import serve
 
-    from serve_app.deploy import APP_NAME, ingress_replica_urls
+    from serve_app.launch import APP_NAME, ingress_replica_urls
 
     queries, side = run["queries"], {}
     # The query encoder as its own deployment (one hop more), then the default: the encoder in the ingress.

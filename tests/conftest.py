@@ -63,7 +63,7 @@ def s3_bucket(moto_endpoint):
 
 
 from cluster.connect import free_port  # noqa: E402 - after the environment above is set
-from helpers import REPO  # noqa: E402,F401 - the repository's root
+from helpers import job_submitter  # noqa: E402 - after the environment above is set
 
 
 class RayHead(str):
@@ -100,40 +100,10 @@ def ray_head():
         subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
 
 
-def _job_submitter(ray_head):
-    """(submit, stop_all): `submit(job_id, module, *args, runtime_env=JSON)` runs `ray job submit --no-wait` of
-    `python -m module` and returns the job SDK client to wait on it; `stop_all()` stops every job it submitted."""
-    import subprocess
-    import sys
-
-    from ray.job_submission import JobSubmissionClient
-
-    ray = os.path.join(os.path.dirname(sys.executable), "ray")
-    client = JobSubmissionClient(ray_head)
-    submitted = []
-
-    def submit(job_id: str, module: str, *args: str, runtime_env: str | None = None) -> JobSubmissionClient:
-        extra = ["--runtime-env-json", runtime_env] if runtime_env else []
-        subprocess.run([ray, "job", "submit", "--address", ray_head, "--working-dir", REPO, "--submission-id",
-                        job_id, *extra, "--no-wait", "--", sys.executable, "-m", module, *args],
-                       check=True, capture_output=True, timeout=120)
-        submitted.append(job_id)
-        return client
-
-    def stop_all() -> None:
-        for job_id in submitted:
-            try:
-                client.stop_job(job_id)
-            except Exception:  # noqa: BLE001 - already finished or gone
-                pass
-
-    return submit, stop_all
-
-
 @pytest.fixture
 def submit_job(ray_head):
-    """`submit_job(job_id, module, *args, runtime_env=JSON)`: see `_job_submitter`. Jobs stop at the end of the test."""
-    submit, stop_all = _job_submitter(ray_head)
+    """`submit_job(job_id, module, *args, runtime_env=JSON)`: see `helpers.job_submitter`. Jobs stop at the end of the test."""
+    submit, stop_all = job_submitter(ray_head)
     yield submit
     stop_all()
 
@@ -141,7 +111,7 @@ def submit_job(ray_head):
 @pytest.fixture(scope="module")
 def submit_module_job(ray_head):
     """`submit_job` for module-scoped fixtures: jobs stop at the end of the module."""
-    submit, stop_all = _job_submitter(ray_head)
+    submit, stop_all = job_submitter(ray_head)
     yield submit
     stop_all()
 
@@ -150,18 +120,9 @@ def submit_module_job(ray_head):
 def mixed_collection(tmp_path_factory):
     """A bare folder to index: 24 images and 4 videos, plus a corrupt jpg, a truncated mp4, a pdf and a sidecar
     caption: 31 items read, 28 indexable."""
-    from media_fixtures import make_jpeg_bytes, make_mp4_bytes, random_bytes, write_file
+    from media_fixtures import write_mixed_collection
 
-    root = tmp_path_factory.mktemp("collection")
-    for i in range(24):  # every photo its own colour: no two items tie
-        write_file(root / f"photos/p{i:02d}.jpg", make_jpeg_bytes(40 + i, 32, (10 * i, 250 - 10 * i, 37 * i % 256)))
-    write_file(root / "photos/p00.txt", b"a red photo")
-    for i in range(4):
-        write_file(root / f"clips/c{i}.mp4", make_mp4_bytes(num_frames=8 + i))
-    write_file(root / "photos/broken.jpg", random_bytes(500))
-    write_file(root / "clips/truncated.mp4", make_mp4_bytes(num_frames=12)[:300])
-    write_file(root / "notes.pdf", b"%PDF-1.4")
-    return str(root)
+    return write_mixed_collection(tmp_path_factory.mktemp("collection"))
 
 
 @pytest.fixture(scope="session")
@@ -212,7 +173,7 @@ def serve_stack(ray_head, tiny_corpus, tiny_fast_checkpoint, tiny_slow_checkpoin
     shutil.copytree(os.path.join(tiny_corpus, "images"), images)
     slash_id, symlink_id = odd_media(images, out / "outside")
     root, versions = str(out / "index"), []
-    submit, stop_all = _job_submitter(ray_head)
+    submit, stop_all = job_submitter(ray_head)
     try:
         for extra in ([], ["split=test"]):
             job = job_id("serve-index")
@@ -250,7 +211,7 @@ def _app_config(serve_stack) -> dict:
 def app(_app_config, serve_stack, ray_head):
     """The app deployed from the repository's Serve YAML (paths and port filled in), serving version v1:
     {'url', 'redeploy', **serve_stack}. A test that redeploys puts v1 and no fault back before it ends."""
-    from serve_app.deploy import deploy, with_settings
+    from serve_app.launch import deploy, with_settings
     from serve_helpers import serve
 
     def redeploy(version=None, fault=None):
@@ -289,8 +250,9 @@ def guarded(_guarded_config, serve_stack, ray_head):
 
 # The integration tier: tests that need a Ray cluster, Serve, a Ray job, the demo or a browser, i.e. every test that
 # uses one of these fixtures, directly or through another fixture (the Serve apps and the browser tests stand on
-# `ray_head`; `demo` and `s3_pipeline` start Ray and Serve through the CLI). The fast tier is everything else:
-# `pytest -m "not integration"`.
+# `ray_head`; `demo` and `s3_pipeline` start Ray and Serve through the CLI), and the tests that run an entry point
+# (the `fastslow` command, a benchmark) in a process of their own, marked where they are. The fast tier is
+# everything else, unit and in-process tests: `pytest -m "not integration"`.
 INTEGRATION_FIXTURES = {"ray_head", "submit_job", "submit_module_job", "demo", "s3_pipeline"}
 
 

@@ -10,6 +10,11 @@ import sys
 import time
 import uuid
 
+import numpy as np
+
+from fastslow.config import IndexRunConfig, load_config
+from fastslow.index.publish import load_version
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
 
@@ -114,3 +119,63 @@ def build(submit_job, job, collection, checkpoint, root, *extra, runtime_env=Non
     """Submit the index job of `collection` in 3 shards, partitions of 4 items (9 partitions for mixed_collection)."""
     return submit_job(job, "jobs.build_index", "--data", collection, "--checkpoint", checkpoint, "--root", root,
                       "index.shards=3", "embed.partition_size=4", "data.num_frames=4", *extra, runtime_env=runtime_env)
+
+
+# ---- index builds: the settings the Ray job's and the local pipeline's tests share ----
+
+
+def index_overrides(collection: str, checkpoint: str, root: str) -> list[str]:
+    """The settings of tests/test_jobs_index.py's `build` and tests/test_index_build.py: the same input gives the same version."""
+    return [f"data.path={json.dumps(collection)}", f"checkpoint={json.dumps(checkpoint)}", f"root={json.dumps(root)}",
+            "index.shards=3", "embed.partition_size=4", "data.num_frames=4"]
+
+
+def index_config(collection: str, checkpoint: str, root: str) -> IndexRunConfig:
+    return load_config(IndexRunConfig, None, index_overrides(collection, checkpoint, root))
+
+
+def index_vectors(root: str) -> tuple[list[str], np.ndarray]:
+    """The live version's ids (global row order) and their vectors."""
+    loaded = load_version(root)
+    ids = loaded.metadata.column("id").to_pylist()
+    vectors = np.zeros((len(ids), loaded.dim), np.float32)
+    for ix, rows in zip(loaded.indexes, loaded.rows):
+        vectors[rows] = ix.reconstruct_n(0, ix.ntotal)
+    return ids, vectors
+
+
+def job_submitter(ray_head: str, repo: str = REPO):
+    """(submit, stop_all): `submit(job_id, module, *args, runtime_env=JSON)` runs `ray job submit --no-wait` of
+    `python -m module` and returns the job SDK client to wait on it; `stop_all()` stops every job it submitted."""
+    from ray.job_submission import JobSubmissionClient
+
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    client = JobSubmissionClient(ray_head)
+    submitted = []
+
+    def submit(job_id: str, module: str, *args: str, runtime_env: str | None = None) -> JobSubmissionClient:
+        extra = ["--runtime-env-json", runtime_env] if runtime_env else []
+        subprocess.run([ray, "job", "submit", "--address", ray_head, "--working-dir", repo, "--submission-id",
+                        job_id, *extra, "--no-wait", "--", sys.executable, "-m", module, *args],
+                       check=True, capture_output=True, timeout=120)
+        submitted.append(job_id)
+        return client
+
+    def stop_all() -> None:
+        for job_id in submitted:
+            try:
+                client.stop_job(job_id)
+            except Exception:  # noqa: BLE001 - already finished or gone
+                pass
+
+    return submit, stop_all
+
+
+def search_all(indexes: list, rows: list[np.ndarray], queries: np.ndarray, k: int, metric: str,
+               nprobe: int | None = None, ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every shard searched (with per-call parameters) and merged: (scores, global rows), (Q, k); the reference
+    the index tests compare against."""
+    from fastslow.index.shards import merge_results, search_params, search_shard
+
+    parts = [search_shard(ix, r, queries, k, search_params(ix, nprobe, ef_search)) for ix, r in zip(indexes, rows)]
+    return merge_results(parts, k, metric)

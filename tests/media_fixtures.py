@@ -75,3 +75,17 @@ def write_file(path, data: bytes) -> str:
     with open(path, "wb") as f:
         f.write(data)
     return str(path)
+
+
+def write_mixed_collection(root) -> str:
+    """A bare folder to index under `root`: 24 images and 4 videos, plus a corrupt jpg, a truncated mp4, a pdf and a
+    sidecar caption: 31 items read, 28 indexable."""
+    for i in range(24):  # every photo its own colour: no two items tie
+        write_file(root / f"photos/p{i:02d}.jpg", make_jpeg_bytes(40 + i, 32, (10 * i, 250 - 10 * i, 37 * i % 256)))
+    write_file(root / "photos/p00.txt", b"a red photo")
+    for i in range(4):
+        write_file(root / f"clips/c{i}.mp4", make_mp4_bytes(num_frames=8 + i))
+    write_file(root / "photos/broken.jpg", random_bytes(500))
+    write_file(root / "clips/truncated.mp4", make_mp4_bytes(num_frames=12)[:300])
+    write_file(root / "notes.pdf", b"%PDF-1.4")
+    return str(root)

@@ -38,7 +38,7 @@ def serve_shutdown() -> None:
 
 def serve(name: str, config: dict, ray_head, version: str) -> str:
     """Deploy `config` as the fixture `name`'s app unless it is the one up already; its URL once ready."""
-    from serve_app.deploy import deploy, wait_ready
+    from serve_app.launch import deploy, wait_ready
 
     url = f"http://127.0.0.1:{config['http_options']['port']}"
     if SERVING["name"] != name:
@@ -56,7 +56,7 @@ def serve(name: str, config: dict, ray_head, version: str) -> str:
 def serve_config(stack: dict, **settings) -> dict:
     """The repository's Serve YAML with `stack`'s index and checkpoints, a free port, and `settings`."""
     from cluster.connect import free_port
-    from serve_app.deploy import load_serve_config, with_settings
+    from serve_app.launch import load_serve_config, with_settings
 
     return with_settings(
         load_serve_config(os.path.join(REPO, "configs", "serve_synth.yaml")),
@@ -186,7 +186,7 @@ def check_backpressure(url: str, n: int = 40) -> int:
 
 def replica_urls(ray_head) -> list[str]:
     """The ingress replicas' own HTTP addresses (direct ingress), asked of the cluster from a separate driver."""
-    code = ("import json, ray; from serve_app.deploy import ingress_replica_urls; "
+    code = ("import json, ray; from serve_app.launch import ingress_replica_urls; "
             f"ray.init(address={ray_head.gcs!r}, log_to_driver=False); print(json.dumps(ingress_replica_urls()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -4,11 +4,13 @@ import json
 import subprocess
 import sys
 
+import pytest
 from helpers import REPO
 
 from benchmarks.faults import markdown, summarise
 
 
+@pytest.mark.integration  # runs python -m benchmarks.faults
 def test_benchmark_runs_the_marked_tests_and_tabulates_their_rows(tmp_path):
     out = tmp_path / "faults.json"
     done = subprocess.run([sys.executable, "-m", "benchmarks.faults", "--out", str(out), "-k",

@@ -26,6 +26,7 @@ def positive(x) -> bool:
     return isinstance(x, float) and math.isfinite(x) and x > 0
 
 
+@pytest.mark.integration  # its fixture runs python -m benchmarks.gpu
 def test_every_section_with_positive_figures(result):
     r, markdown = result
     assert r["device"] == "cpu" and r["device_name"] and r["torch"] == torch.__version__ and r["quick"]
@@ -44,6 +45,7 @@ def test_every_section_with_positive_figures(result):
     assert "| fast: efficientnet_lite0" in markdown and "| 100 | fp32 |" in markdown and "12,345 vectors" in markdown
 
 
+@pytest.mark.integration  # its fixture runs python -m benchmarks.gpu
 def test_exact_search_matches_numpy(result):
     search = result[0]["exact_search"]
     assert search["exact_check"] is True and search["top1_is_source_row"] is True

@@ -15,6 +15,7 @@ from fastslow.errors import FastslowError
 ROW_KEYS = {"modality", "method", "k", "r1", "r5", "r10", "median_rank", "ms_per_query"}
 
 
+@pytest.mark.integration  # runs python -m benchmarks.paper_table
 def test_tiny_table_has_the_rows_and_files(tmp_path):
     out = tmp_path / "table.json"
     models = tmp_path / "models"

@@ -9,6 +9,9 @@ import pytest
 from helpers import TINY_FAST
 
 
+# Every test runs the `fastslow` command in a process of its own: the integration tier.
+pytestmark = pytest.mark.integration
+
 def fastslow(*args, check=True):
     proc = subprocess.run([sys.executable, "-m", "fastslow", *args, "--no-progress"], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})

@@ -55,10 +55,21 @@ def test_every_example_config_loads():
         if kind == "serve":
             _check_serve_config(path)
             continue
+        if kind == "synth.yaml":
+            _check_synth_sizes()
+            continue
         cfg = load_config(kinds[kind], path)
         assert cfg.data.path, path
         if kind != "index":
             assert cfg.job.num_workers >= 1
+
+
+def _check_synth_sizes() -> None:
+    from fastslow.synth import synth_config, synth_sizes
+
+    assert {"tiny", "quick", "full"} <= set(synth_sizes())
+    for size in synth_sizes():
+        assert synth_config(size, seed=0).n_test > 0, size
 
 
 def _check_demo_config(kinds: dict) -> None:
@@ -82,7 +93,7 @@ def _check_serve_config(path: str) -> None:
     from ray.serve.schema import ServeDeploySchema
 
     from serve_app.config import app_config
-    from serve_app.deploy import load_serve_config
+    from serve_app.launch import load_serve_config
 
     raw = load_serve_config(path)
     schema = ServeDeploySchema.model_validate(raw) if hasattr(ServeDeploySchema, "model_validate") \

@@ -14,7 +14,10 @@ import time
 import pytest
 
 from cluster.connect import free_port
-from serve_app.deploy import get_json
+from serve_app.launch import get_json
+
+# Every test runs the `fastslow` command (the demo, its help) in a process of its own: the integration tier.
+pytestmark = pytest.mark.integration
 
 SETUP_TIMEOUT_S = 900
 TABLE_ROW = re.compile(r"^(Fast.*?)\s+(\d+\.\d)\s+(\d+\.\d)\s+(\d+\.\d)\s+(\d+\.\d+)$")

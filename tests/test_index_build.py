@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from fastslow import storage
-from fastslow.config import IndexRunConfig, load_config
 from fastslow.errors import FastslowError
 from fastslow.index.build import IndexBuild, build_index
 from fastslow.index.partition import partition_files
 from fastslow.index.publish import current_version, load_version, version_dir
+from helpers import index_config, index_overrides, index_vectors
 
 PARTITIONS, ITEMS_IN, INDEXED, REPORTED = 9, 31, 28, 3
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,32 +34,12 @@ print(json.dumps({"summary": summary, "ray_loaded": sorted(m for m in sys.module
 """
 
 
-def overrides(collection: str, checkpoint: str, root: str) -> list[str]:
-    """The settings of tests/test_jobs_index.py's `build`: the same input gives the same version."""
-    return [f"data.path={json.dumps(collection)}", f"checkpoint={json.dumps(checkpoint)}", f"root={json.dumps(root)}",
-            "index.shards=3", "embed.partition_size=4", "data.num_frames=4"]
-
-
-def config(collection: str, checkpoint: str, root: str) -> IndexRunConfig:
-    return load_config(IndexRunConfig, None, overrides(collection, checkpoint, root))
-
-
-def vectors_of(root: str) -> tuple[list[str], np.ndarray]:
-    """The live version's ids (global row order) and their vectors."""
-    loaded = load_version(root)
-    ids = loaded.metadata.column("id").to_pylist()
-    vectors = np.zeros((len(ids), loaded.dim), np.float32)
-    for ix, rows in zip(loaded.indexes, loaded.rows):
-        vectors[rows] = ix.reconstruct_n(0, ix.ntotal)
-    return ids, vectors
-
-
 @pytest.fixture(scope="module")
 def built(mixed_collection, tiny_fast_checkpoint, tmp_path_factory):
     """The local executor's build, run in a fresh process: (root, summary, Ray modules it loaded)."""
     root = str(tmp_path_factory.mktemp("local") / "index")
     out = subprocess.run([sys.executable, "-c", BUILD_SCRIPT,
-                          json.dumps(overrides(mixed_collection, tiny_fast_checkpoint, root))],
+                          json.dumps(index_overrides(mixed_collection, tiny_fast_checkpoint, root))],
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -90,7 +70,7 @@ def test_run_partition_writes_only_its_partition_and_a_lost_one_reruns_alone(bui
                                                                                 tiny_fast_checkpoint, tmp_path):
     ref_root, ref_summary, _ = built
     root = str(tmp_path / "index")
-    build = IndexBuild.prepare(config(mixed_collection, tiny_fast_checkpoint, root))
+    build = IndexBuild.prepare(index_config(mixed_collection, tiny_fast_checkpoint, root))
     assert build.version == ref_summary["version"]  # the name depends on the input, not on the root
     assert build.pending() == list(range(PARTITIONS))
     counts = build.run_partition(3)
@@ -107,14 +87,14 @@ def test_run_partition_writes_only_its_partition_and_a_lost_one_reruns_alone(bui
     # Partition 5's output lost (as if its worker died before the write): only it runs again.
     os.remove(partition_files(build.build_dir, 5)[0])
     before = {p: os.stat(partition_files(build.build_dir, p)[0]).st_mtime_ns for p in range(PARTITIONS) if p != 5}
-    again = IndexBuild.prepare(config(mixed_collection, tiny_fast_checkpoint, root))
+    again = IndexBuild.prepare(index_config(mixed_collection, tiny_fast_checkpoint, root))
     assert again.pending() == [5]
     again.run_partition(5)
     assert {p: os.stat(partition_files(build.build_dir, p)[0]).st_mtime_ns for p in before} == before
     summary = again.finish()
     assert (summary["version"], summary["read"], summary["indexed"], summary["errors"]) == \
         (ref_summary["version"], ITEMS_IN, INDEXED, REPORTED)
-    (ids, vectors), (ref_ids, ref_vectors) = vectors_of(root), vectors_of(ref_root)
+    (ids, vectors), (ref_ids, ref_vectors) = index_vectors(root), index_vectors(ref_root)
     assert ids == ref_ids and np.allclose(vectors, ref_vectors, atol=1e-6)
 
 
@@ -122,9 +102,9 @@ def test_rerun_is_a_no_op_giving_the_same_version(built, mixed_collection, tiny_
     root, summary, _ = built
     manifest = storage.join(version_dir(root, summary["version"]), "manifest.json")
     stamps = [os.stat(p).st_mtime_ns for p in (manifest, os.path.join(root, "CURRENT"))]
-    build = IndexBuild.prepare(config(mixed_collection, tiny_fast_checkpoint, root))
+    build = IndexBuild.prepare(index_config(mixed_collection, tiny_fast_checkpoint, root))
     assert build.version == summary["version"] and build.pending() == []
-    again = build_index(config(mixed_collection, tiny_fast_checkpoint, root))
+    again = build_index(index_config(mixed_collection, tiny_fast_checkpoint, root))
     assert {k: again[k] for k in ("version", "read", "indexed", "errors", "errors_file")} == \
         {k: summary[k] for k in ("version", "read", "indexed", "errors", "errors_file")}
     assert [os.stat(p).st_mtime_ns for p in (manifest, os.path.join(root, "CURRENT"))] == stamps

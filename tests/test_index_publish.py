@@ -9,7 +9,8 @@ import pytest
 from fastslow import storage
 from fastslow.errors import FastslowError
 from fastslow.index.publish import current_version, load_version, publish, version_dir, write_version
-from fastslow.index.shards import IndexSpec, build_shards, search_all
+from fastslow.index.shards import IndexSpec, build_shards
+from helpers import search_all
 
 MODEL = {"checkpoint": "runs/fast/checkpoint", "weights_sha256": "ab" * 32}
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from fastslow.errors import FastslowError
-from fastslow.index.shards import IndexSpec, build_shards, search_all, search_params, shard_of
+from fastslow.index.shards import IndexSpec, build_shards, search_params, shard_of
+from helpers import search_all
 
 
 def _data(n=600, d=16, seed=0):

@@ -10,11 +10,11 @@ import json
 
 import numpy as np
 import pytest
-from helpers import build, job_id, job_summary, wait_for
+from helpers import build, index_config, index_vectors, job_id, job_summary, search_all, wait_for
 
 from fastslow import storage
 from fastslow.index.publish import current_version, load_version
-from fastslow.index.shards import IndexSpec, build_shards, search_all
+from fastslow.index.shards import IndexSpec, build_shards
 
 
 @pytest.fixture(scope="module")
@@ -74,17 +74,15 @@ def test_index_job_and_the_local_pipeline_build_the_same_version(ray_built, mixe
                                                                   tmp_path):
     """The Ray job and the core's local executor, on the same input into two roots: the same version name, the
     same items in the same rows, the same vectors, the same errors."""
-    from test_index_build import config, vectors_of
-
     from fastslow.index.build import build_index
 
     ray_root, _, ray_summary = ray_built
     local_root = str(tmp_path / "local")
-    local = build_index(config(mixed_collection, tiny_fast_checkpoint, local_root))
+    local = build_index(index_config(mixed_collection, tiny_fast_checkpoint, local_root))
     assert local["version"] == ray_summary["version"] == current_version(local_root)
     assert {k: local[k] for k in ("read", "indexed", "errors")} == {k: ray_summary[k] for k in ("read", "indexed",
                                                                                                    "errors")}
-    (ids, vectors), (ray_ids, ray_vectors) = vectors_of(local_root), vectors_of(ray_root)
+    (ids, vectors), (ray_ids, ray_vectors) = index_vectors(local_root), index_vectors(ray_root)
     assert ids == ray_ids and np.allclose(vectors, ray_vectors, atol=1e-5)
     errors = [sorted(json.loads(line)["id"] for line in storage.read_text(s["errors_file"]).splitlines())
               for s in (local, ray_summary)]

@@ -10,8 +10,7 @@ import os
 import signal
 
 import pytest
-from helpers import TINY_FAST, TINY_SLOW, job_id, job_status, job_summary, wait_for  # noqa: F401 - job_status,
-# job_summary: still imported from here by tests/test_jobs_index.py
+from helpers import TINY_FAST, TINY_SLOW, job_id, wait_for
 
 from fastslow import storage
 from fastslow.models.checkpoint import load_checkpoint

@@ -16,7 +16,7 @@ import pytest
 from cluster.connect import free_port
 from fastslow import storage
 from apps.demo import load_plan
-from serve_app.deploy import get_json, wait_ready
+from serve_app.launch import get_json, wait_ready
 
 SECRET = "fastslow-test-secret-DO-NOT-PRINT"
 

@@ -18,7 +18,7 @@ from serve_helpers import QUERIES, get_raw, ids, media_path, post
 
 from fastslow.index.publish import load_version
 from fastslow.search.pipeline import SearchPipeline, SearchRequest
-from serve_app.deploy import get_json, wait_ready
+from serve_app.launch import get_json, wait_ready
 
 
 def test_answers_equal_the_in_process_pipeline(app):

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from serve_helpers import (KEY, QUERIES, check_answer, check_backpressure, log_dirs, replica_urls, request,
                            search_body, stream_through_kill)
 
-from serve_app.deploy import get_json, wait_ready
+from serve_app.launch import get_json, wait_ready
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 

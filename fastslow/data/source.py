@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fastslow import storage
 from fastslow.data.decode import DecodeConfig
 from fastslow.data.loaded import LoadedSplit, load_split
 from fastslow.data.registry import open_dataset
@@ -28,7 +27,6 @@ class DataConfig:
     num_frames: int = DecodeConfig.num_frames
 
 
-
 def load_data_split(data: DataConfig, split: str | None, image_size: int, progress: bool = True) -> LoadedSplit:
     """Read and decode one split of the configured dataset, logging what was skipped."""
     if not data.path:
@@ -46,9 +44,4 @@ def load_data_split(data: DataConfig, split: str | None, image_size: int, progre
         raise FastslowError(f"{data.path}: split {split!r} has no usable items ({report.summary()})")
     return loaded
 
-
-
-def write_report(report, uri: str) -> None:
-    """Write the skipped items of a read as JSON lines (nothing lost silently)."""
-    storage.write_text(uri, report.to_jsonl())
 

@@ -155,8 +155,3 @@ def merge_results(parts: list[tuple[np.ndarray, np.ndarray]], k: int, metric: st
     return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
 
 
-def search_all(indexes: list, rows: list[np.ndarray], queries: np.ndarray, k: int, metric: str,
-               nprobe: int | None = None, ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Search every shard (with per-call parameters) and merge: (scores, global rows), (Q, k)."""
-    parts = [search_shard(ix, r, queries, k, search_params(ix, nprobe, ef_search)) for ix, r in zip(indexes, rows)]
-    return merge_results(parts, k, metric)

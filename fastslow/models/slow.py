@@ -116,11 +116,6 @@ class SlowModel(SlowVisualSide, SlowTextSide, nn.Module):
             total = ll if total is None else total + ll
         return total / len(self.config.direction_list)
 
-    def pair_scores(self, kv: list[tuple[torch.Tensor, torch.Tensor]], item_index: torch.Tensor | slice,
-                    texts: list[str], text_index: torch.Tensor) -> torch.Tensor:
-        """Scores (P,) float64 of pairs (texts[text_index[p]], item item_index[p]), from per-item keys/values `kv`."""
-        return self.grouped_scores(kv, item_index, texts, text_index, group=1)
-
     def grid_scores(self, kv: list[tuple[torch.Tensor, torch.Tensor]], items: torch.Tensor | slice,
                     texts: list[str]) -> torch.Tensor:
         """Scores (len(texts), n) float64 of every text against every item `items` of `kv` (a slice copies nothing)."""

@@ -45,11 +45,6 @@ class SynthConfig:
     video_twins: tuple[str, ...] = field(default=motion.VIDEO_TWINS)
     distractor_prob: float = 0.5
 
-    @classmethod
-    def full(cls, seed: int = 0) -> "SynthConfig":
-        """The full size: 1000 test images and 600 test videos."""
-        return cls(seed=seed, n_test=1000, n_test_videos=600)
-
     def validate(self) -> None:
         """Raise FastslowError naming the first bad parameter."""
         counts = ("n_train", "n_val", "n_test", "n_train_videos", "n_val_videos", "n_test_videos", "n_uncaptioned")

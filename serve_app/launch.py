@@ -1,11 +1,14 @@
-"""Deploying the app from its Serve config YAML, the way `serve deploy` does (through the dashboard's REST API),
-and waiting until it answers. Used by the tests, the serving benchmark and the command line.
+"""Launching the app: deploy it from its Serve config YAML the way `serve deploy` does (through the dashboard's REST
+API), wait until it answers, and (on a local Ray, for `fastslow serve` and the demo) serve until Ctrl-C, then shut
+Serve and Ray down. Used by the command line, the demo, the tests and the serving benchmark.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import signal
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -14,9 +17,11 @@ import yaml
 
 from fastslow import storage
 from fastslow.errors import FastslowError
+from fastslow.log import get_logger
 from serve_app.config import DEFAULT_PORT
 
 APP_NAME = "fastslow"
+log = get_logger("fastslow.serve")
 
 
 def load_serve_config(path: str) -> dict:
@@ -104,3 +109,59 @@ def ingress_replica_urls(app_name: str = APP_NAME) -> list[str]:
     groups = ray.get(_get_global_client()._controller.get_target_groups.remote(app_name))
     return [f"http://{t.ip}:{t.port}" for g in groups if g.protocol.value == "HTTP" and g.app_name == app_name
             for t in g.targets if t.name.startswith("SERVE_REPLICA::")]
+
+
+def dashboard_address() -> str:
+    """The dashboard of the Ray this process is connected to (Serve configs are deployed through it)."""
+    from ray._private.worker import get_dashboard_url
+
+    url = get_dashboard_url()
+    if not url:
+        raise RuntimeError("the connected Ray runs no dashboard: start it with one (ray start --head includes it)")
+    return url if url.startswith("http") else f"http://{url}"
+
+
+def start_app(config_path: str, index_root: str, fast_checkpoint: str, slow_checkpoint: str | None,
+              port: int | None = None, ready_timeout_s: float = 600.0, extra_args: dict | None = None) -> str:
+    """Deploy the app of `config_path` with these models and index (what `serve deploy` does) and wait for /readyz.
+
+    Returns the base URL. Ray must be connected (cluster.connect.connect).
+    """
+    args = {"index_root": index_root, "fast_checkpoint": fast_checkpoint, "slow_checkpoint": slow_checkpoint or "",
+            **(extra_args or {})}
+    from cluster.connect import worker_env
+
+    # The S3 endpoint and offline settings reach the replicas too (credentials never: nodes have their own chain).
+    config = with_settings(load_serve_config(config_path), args=args, port=port, env=worker_env())
+    deploy(config, dashboard_address())
+    url = base_url(config)
+    wait_ready(url, timeout=ready_timeout_s)
+    return url
+
+
+def wait_until_interrupted() -> None:
+    """Block until Ctrl-C or SIGTERM (both end the serving loop the same way)."""
+    stop = threading.Event()
+    # Handled explicitly: a process started in the background by a shell inherits SIGINT ignored.
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def stop_serving() -> None:
+    """Shut Serve down and disconnect from (or, for a local one, stop) Ray; a no-op when Ray is not up."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception as e:  # noqa: BLE001 - still stop Ray below; say why Serve did not stop cleanly
+        log.warning("Serve did not shut down cleanly: %s", e)
+    ray.shutdown()
