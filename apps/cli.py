@@ -23,9 +23,9 @@ def _data_overrides(args) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in pairs.items() if v is not None]
 
 
-def _ray_address(address: str) -> str | None:
-    """What cluster.connect.connect takes: None for `local` (RAY_ADDRESS, else a new local Ray)."""
-    return None if address == LOCAL_RAY else address
+def _ray_address(address: str | None) -> str | None:
+    """What cluster.connect.connect takes: the address, or None (RAY_ADDRESS, else a new local Ray) for none or `local`."""
+    return None if address in (None, LOCAL_RAY) else address
 
 
 def _on_cluster(address: str | None, fn, *args, **kwargs):
@@ -67,7 +67,7 @@ def _cmd_index(args) -> dict:
 
     given = {"checkpoint": args.checkpoint, "root": args.root}
     overrides = _data_overrides(args) + [f"{k}={json.dumps(v)}" for k, v in given.items() if v] + args.overrides
-    return run_build(load_config(IndexRunConfig, args.config, overrides), args.address)
+    return run_build(load_config(IndexRunConfig, args.config, overrides), _ray_address(args.address))
 
 
 def _cmd_serve(args) -> dict | None:
@@ -76,8 +76,8 @@ def _cmd_serve(args) -> dict | None:
     from serve_app.launch import start_app, stop_serving, wait_until_interrupted
 
     paths = [absolute(p) if p else "" for p in (args.index_root, args.fast, args.slow)]
-    if args.address:
-        connect(args.address, log_to_driver=False)
+    if _ray_address(args.address):
+        connect(_ray_address(args.address), log_to_driver=False)
         url = start_app(args.config, *paths, port=args.port)
         return {"url": url, "address": args.address}
     connect(None, dashboard_port=free_port(), log_to_driver=False)
