@@ -115,10 +115,22 @@ def wait_for(client, job_id: str, timeout: float = 400, until_log: str | None = 
     raise AssertionError(f"job {job_id} did not finish in {timeout} s:\n{client.get_job_logs(job_id)[-3000:]}")
 
 
+# The index tests' settings: 3 shards, partitions of 4 items (9 partitions for mixed_collection), 4 frames a video.
+INDEX_SETTINGS = ["index.shards=3", "embed.partition_size=4", "data.num_frames=4"]
+
+
 def build(submit_job, job, collection, checkpoint, root, *extra, runtime_env=None):
-    """Submit the index job of `collection` in 3 shards, partitions of 4 items (9 partitions for mixed_collection)."""
+    """Submit the index job of `collection` with INDEX_SETTINGS."""
     return submit_job(job, "jobs.build_index", "--data", collection, "--checkpoint", checkpoint, "--root", root,
-                      "index.shards=3", "embed.partition_size=4", "data.num_frames=4", *extra, runtime_env=runtime_env)
+                      *INDEX_SETTINGS, *extra, runtime_env=runtime_env)
+
+
+def built_by_job(submit_job, name: str, collection: str, checkpoint: str, root: str) -> tuple[str, dict]:
+    """`build`, waited for; (its logs, its summary). Fails the test when the job does not succeed."""
+    job = job_id(name)
+    status, logs = wait_for(build(submit_job, job, collection, checkpoint, root), job)
+    assert status == "SUCCEEDED", logs[-4000:]
+    return logs, job_summary(logs)
 
 
 # ---- index builds: the settings the Ray job's and the local pipeline's tests share ----
@@ -127,7 +139,7 @@ def build(submit_job, job, collection, checkpoint, root, *extra, runtime_env=Non
 def index_overrides(collection: str, checkpoint: str, root: str) -> list[str]:
     """The settings of tests/test_jobs_index.py's `build` and tests/test_index_build.py: the same input gives the same version."""
     return [f"data.path={json.dumps(collection)}", f"checkpoint={json.dumps(checkpoint)}", f"root={json.dumps(root)}",
-            "index.shards=3", "embed.partition_size=4", "data.num_frames=4"]
+            *INDEX_SETTINGS]
 
 
 def index_config(collection: str, checkpoint: str, root: str) -> IndexRunConfig:

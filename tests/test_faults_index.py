@@ -14,7 +14,7 @@ import uuid
 import numpy as np
 import pytest
 from tcp_outage import OutageProxy
-from helpers import build, job_id, job_status, job_summary, wait_for
+from helpers import build, built_by_job, job_id, job_status, job_summary, wait_for
 
 from fastslow import storage
 from fastslow.index.publish import load_version, version_dir
@@ -72,11 +72,8 @@ def _driver_pids(root: str) -> list[int]:
 @pytest.fixture(scope="module")
 def reference(mixed_collection, tiny_fast_checkpoint, tmp_path_factory, submit_module_job):
     """An uninterrupted build: (root, version)."""
-    root, job = str(tmp_path_factory.mktemp("reference") / "index"), job_id("reference")
-    client = build(submit_module_job, job, mixed_collection, tiny_fast_checkpoint, root)
-    status, logs = wait_for(client, job)
-    assert status == "SUCCEEDED", logs[-4000:]
-    return root, job_summary(logs)["version"]
+    root = str(tmp_path_factory.mktemp("reference") / "index")
+    return root, built_by_job(submit_module_job, "reference", mixed_collection, tiny_fast_checkpoint, root)[1]["version"]
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

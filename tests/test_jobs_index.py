@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import build, index_config, index_vectors, job_id, job_summary, search_all, wait_for
+from helpers import built_by_job, index_config, index_vectors, search_all
 
 from fastslow import storage
 from fastslow.index.publish import current_version, load_version
@@ -20,11 +20,9 @@ from fastslow.index.shards import IndexSpec, build_shards
 @pytest.fixture(scope="module")
 def ray_built(mixed_collection, tiny_fast_checkpoint, tmp_path_factory, submit_module_job):
     """The index job's build of the mixed collection: (root, its logs, its summary)."""
-    root, job = str(tmp_path_factory.mktemp("ray") / "index"), job_id("index")
-    client = build(submit_module_job, job, mixed_collection, tiny_fast_checkpoint, root)
-    status, logs = wait_for(client, job)
-    assert status == "SUCCEEDED", logs[-4000:]
-    return root, logs, job_summary(logs)
+    root = str(tmp_path_factory.mktemp("ray") / "index")
+    logs, summary = built_by_job(submit_module_job, "index", mixed_collection, tiny_fast_checkpoint, root)
+    return root, logs, summary
 
 
 def test_index_job_indexes_everything_or_reports_it(ray_built, mixed_collection, tiny_fast_checkpoint):
