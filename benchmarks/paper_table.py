@@ -1,15 +1,17 @@
 """The benchmark table of the paper's trade-off on the synthetic benchmark.
 
-    python -m benchmarks.paper_table --out results/table.json [--quick]
+    python -m benchmarks.paper_table --out results/table.json [--quick] [--split val] [--override ...]
 
 Generates the synthetic benchmark from a fixed seed (reused when already there),
 trains Fast, Slow and distilled Fast on images and on videos (images: distilled
 through uncaptioned images captioned by Slow, with the soft-target student as an
-extra row), evaluates text-to-visual retrieval on the test split (Fast, Slow over
-the whole gallery, Fast then Slow at K in 5, 10, 20, 50, distilled Fast, distilled
-Fast then Slow), and writes FILE.json
-(`rows`), a Markdown table (FILE.md) and a plot of R@1 and ms per query against K
-(FILE.png) beside it.
+extra row), evaluates text-to-visual retrieval on the test split, or on the
+validation split with --split val while choosing the settings (Fast, Slow over the
+whole gallery, Fast then Slow at K in 5, 10, 20, 50, distilled Fast, distilled Fast
+then Slow), times every method alike (one query's latency at batch 1, queries/s in
+batches), and writes FILE.json (`rows`), a Markdown table (FILE.md) and a plot of
+R@1, latency and throughput against K (FILE.png) beside it. --update-readme then
+rewrites README.md's figures from FILE.json (benchmarks/readme_figures.py).
 """
 
 from __future__ import annotations
@@ -36,8 +38,22 @@ def parse_args(argv=None):
                    help="trained models are kept here and reused by a later run with the same configs, seed and "
                         "training data (quick and full share theirs); 'none' keeps nothing (default %(default)s)")
     p.add_argument("--retrain", action="store_true", help="train every model again (and replace the kept ones)")
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="the split the rows are on: test for the table, val while choosing its settings "
+                        "(default %(default)s)")
+    p.add_argument("--override", action="append", default=[], metavar="[PRESET:]KEY=VALUE",
+                   help="change a setting of configs/benchmark/table.yaml for this run (repeatable): "
+                        "image.fast:train.epochs=20 adds an override to a preset (image.fast, image.slow, video.fast, "
+                        "video.slow, distill); uncaptioned=2000 sets a key of the size")
+    p.add_argument("--update-readme", nargs="?", const="README.md", metavar="README",
+                   help="after a quick or full run on test with the table's own settings, rewrite the README's "
+                        "figures from FILE.json (default README.md)")
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.update_readme and (args.tiny or args.split != "test" or args.override):
+        p.error("--update-readme: the README quotes the quick and full tables on test with configs/benchmark/"
+                "table.yaml's settings (no --tiny, --split val or --override; put chosen settings in the file)")
+    return args
 
 
 def main(argv=None) -> int:
@@ -54,33 +70,44 @@ def main(argv=None) -> int:
     started = time.time()
     try:
         models_dir = None if args.models_dir == "none" else Path(args.models_dir)
-        rows, notes = run_table(size, args.seed, data_dir, args.modalities.split(","), progress=not args.no_progress,
-                                models_dir=models_dir, retrain=args.retrain)
+        rows, notes, timing = run_table(size, args.seed, data_dir, args.modalities.split(","),
+                                        progress=not args.no_progress, models_dir=models_dir, retrain=args.retrain,
+                                        split=args.split, overrides=args.override)
     except FastslowError as e:
         print(f"paper_table: error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"size": size, "seed": args.seed, "data_dir": str(data_dir), "models_dir": args.models_dir,
-              "seconds": round(time.time() - started, 1),
-              "notes": notes, "rows": rows}
+    result = {"size": size, "split": args.split, "seed": args.seed, "overrides": args.override,
+              "data_dir": str(data_dir), "models_dir": args.models_dir, "seconds": round(time.time() - started, 1),
+              "timing": timing, "notes": notes, "rows": rows}
     out.write_text(json.dumps(result, indent=2))
     plot_table(rows, out.with_suffix(".png"))
     table = markdown_table(rows)
-    out.with_suffix(".md").write_text(f"# Benchmark table ({size}, seed {args.seed})\n\n{table}\n\n" +
-                                      "".join(f"- {n}\n" for n in notes))
+    title = f"# Benchmark table ({size}, {args.split} split, seed {args.seed})"
+    out.with_suffix(".md").write_text(f"{title}\n\n{table}\n\n" + "".join(f"- {n}\n" for n in notes))
     print(table)
     print(f"\nwrote {out}, {out.with_suffix('.md')} and {out.with_suffix('.png')} in {result['seconds']} s")
+    if args.update_readme:
+        from benchmarks.readme_figures import update_readme
+
+        try:
+            update_readme(Path(args.update_readme), [out])
+        except FastslowError as e:
+            print(f"paper_table: error: {e}", file=sys.stderr)
+            return 2
+        print(f"rewrote the figures of {args.update_readme} from {out}")
     return 0
 
 
 def markdown_table(rows: list[dict]) -> str:
     """Rows as a Markdown table (chance rows included)."""
-    cols = ["modality", "method", "k", "r1", "r5", "r10", "median_rank", "ms_per_query", "queries", "gallery",
-            "r1_same_queries"]
+    cols = ["modality", "method", "k", "r1", "r5", "r10", "median_rank", "r1_same_queries", "latency_ms",
+            "queries_per_s", "speedup_latency", "speedup_throughput", "queries", "gallery"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in rows:
-        lines.append("| " + " | ".join("" if row.get(c) is None else str(row.get(c)) for c in cols) + " |")
+        cells = {**row, "r1_same_queries": row.get("same_queries", {}).get("r1")}
+        lines.append("| " + " | ".join("" if cells.get(c) is None else str(cells[c]) for c in cols) + " |")
     return "\n".join(lines)
 
 

@@ -5,14 +5,17 @@ Fast then Slow at several K, and Fast distilled from Slow. Distilled Fast has
 Fast's batches and schedule plus the soft-target term; for images with a transfer
 set (`TableSpec.uncaptioned`) it is instead Fast over the captioned images plus
 uncaptioned ones captioned by Slow, and the soft-target student stays as the row
-`fast_soft_targets`. Every row ranks the same queries (every caption of the test
-split) against the same gallery (the test items).
+`fast_soft_targets`. Every row ranks the same queries (every caption of the
+evaluated split: test for the table, val while choosing its settings) against the
+same gallery (that split's items); then every method is timed alike
+(benchmarks/table_timing.py), apart from the results.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +25,16 @@ from benchmarks.fast_defaults import DEFAULT_FAST, VIDEO_FAST  # noqa: F401  (th
 from benchmarks.model_cache import ModelCache, split_fingerprint
 from benchmarks.table_report import table_notes
 from benchmarks.table_spec import Models, TableSpec, model_depends, table_spec
+from benchmarks.table_timing import Answer, add_timings, fast_answer, rerank_answer, slow_answer, timing_summary
 from fastslow.data.loaded import LoadedSplit
 from fastslow.data.source import DataConfig, load_data_split
-from fastslow.eval import chance_metrics, evaluate_embeddings, metrics_from_ranks, ranks_of_true
+from fastslow.eval import chance_metrics, metrics_from_ranks, ranks_of_true
 from fastslow.eval.retrieval import rerank_embedded
-from fastslow.inference.fast_embeddings import embed_split
+from fastslow.inference.fast_embeddings import FastRetrieval, embed_split
 from fastslow.inference.slow_scores import slow_features, slow_score_matrix
 from fastslow.log import get_logger
 from fastslow.models.fast import FastModel
+from fastslow.models.slow import SlowModel
 from fastslow.synth import ensure_synth
 from fastslow.train.distillation import DistillationLoss, precompute_teacher
 from fastslow.train.fast_training import FastBatches, FastTrainConfig, train_fast
@@ -52,10 +57,11 @@ def timed(fn, *args, **kwargs):
     return out, time.perf_counter() - t0
 
 
-def row(modality: str, method: str, k, metrics: dict, ms: float | None, queries: int, gallery: int) -> dict:
-    return {"modality": modality, "method": method, "k": k, "r1": round(metrics["r1"], 2), "r5": round(metrics["r5"], 2),
-            "r10": round(metrics["r10"], 2), "median_rank": metrics["median_rank"],
-            "ms_per_query": None if ms is None else round(ms, 4), "queries": queries, "gallery": gallery}
+def row(modality: str, method: str, k, metrics: dict, queries: int, gallery: int) -> dict:
+    """A row's results; its timings (`latency_ms`, `queries_per_s`) are added once every model is evaluated."""
+    return {"modality": modality, "method": method, "k": k, "r1": round(metrics["r1"], 2),
+            "r5": round(metrics["r5"], 2), "r10": round(metrics["r10"], 2), "median_rank": metrics["median_rank"], "queries": queries,
+            "gallery": gallery}
 
 
 @dataclass
@@ -69,7 +75,7 @@ class ModalityRun:
     models: Models
     fast_train: FastTrainConfig  # the modality's Fast schedule, with the run's seed
     train: LoadedSplit
-    test: LoadedSplit
+    evaluation: LoadedSplit  # the split the rows are on: test, or val while choosing the settings
     extra: LoadedSplit | None  # the uncaptioned images (the transfer set), or None
     cache: ModelCache
     batches: FastBatches | None = None
@@ -78,6 +84,11 @@ class ModalityRun:
     @property
     def depends(self) -> dict[str, dict]:
         return model_depends(self.spec, self.modality)
+
+    @cached_property
+    def subset(self) -> np.ndarray:
+        """The queries Slow ranks over the whole gallery: each item's first caption (captions come grouped by item)."""
+        return np.searchsorted(self.evaluation.caption_pairs()[1], np.arange(len(self.evaluation.ids)))
 
     def fresh_fast(self, **kwargs) -> FastModel:
         torch.manual_seed(self.seed)
@@ -103,20 +114,20 @@ class ModalityRun:
         return self.fresh_fast(loss_fn=DistillationLoss(table, self.spec.distill))
 
 
-def prepare_run(spec: TableSpec, seed: int, root: Path, modality: str, progress: bool, models_dir: Path | None,
-                retrain: bool) -> ModalityRun:
-    """One modality's data and cache, and its Fast batches."""
+def prepare_run(spec: TableSpec, seed: int, root: Path, modality: str, split: str, progress: bool,
+                models_dir: Path | None, retrain: bool) -> ModalityRun:
+    """One modality's data (the training split and the evaluated `split`) and cache, and its Fast batches."""
     models = spec.models(modality)
     data = data_config(root, modality)
     size = models.fast.vision.image_size
     train = load_data_split(data, "train", size, progress)
-    test = load_data_split(data, "test", size, progress)
+    evaluation = load_data_split(data, split, size, progress)
     transfer = modality == "image" and spec.uncaptioned > 0
     extra = load_data_split(DataConfig(path=str(root / "images_uncaptioned"), num_frames=NUM_FRAMES), None, size,
                             progress) if transfer else None
     cache = ModelCache(models_dir, {"seed": seed, "modality": modality, "train": split_fingerprint(train)}, retrain)
-    run = ModalityRun(spec, modality, seed, progress, models, replace(models.fast_train, seed=seed), train, test,
-                      extra, cache)
+    run = ModalityRun(spec, modality, seed, progress, models, replace(models.fast_train, seed=seed), train,
+                      evaluation, extra, cache)
     # Batches come from an untrained Fast (their neighbours are the visual tower's before training). Every
     # model starts from the seed, so a model trained now equals the one a cache would give.
     torch.manual_seed(seed)
@@ -124,88 +135,104 @@ def prepare_run(spec: TableSpec, seed: int, root: Path, modality: str, progress:
     return run
 
 
-def run_modality(spec: TableSpec, seed: int, root: Path, modality: str, progress: bool,
-                 models_dir: Path | None = None, retrain: bool = False) -> list[dict]:
-    """Train the models on one modality (or reuse them from `models_dir`) and return its table rows."""
-    run = prepare_run(spec, seed, root, modality, progress, models_dir, retrain)
-    fast, fast_seconds = run.cache.model("fast", run.fresh_fast, run.depends["fast"])
-    n = len(run.test.ids)
-    fast_row, emb, fast_ranks = evaluated_row(modality, "fast", fast, run.test, None, progress)
-    rows = [row(modality, "chance", None, chance_metrics(n), None, len(emb.texts), n), fast_row]
-    log.info("%s fast: R@1 %.1f (%s)", modality, fast_row["r1"], trained(fast_seconds))
+def run_modality(spec: TableSpec, seed: int, root: Path, modality: str, split: str, progress: bool,
+                 models_dir: Path | None = None, retrain: bool = False) -> tuple[list[dict], dict]:
+    """Train the models on one modality (or reuse them from `models_dir`), evaluate them on `split`, time them;
+    return its table rows and what the timings covered."""
+    run = prepare_run(spec, seed, root, modality, split, progress, models_dir, retrain)
+    fast_model, fast_seconds = run.cache.model("fast", run.fresh_fast, run.depends["fast"])
+    n = len(run.evaluation.ids)
+    fast = evaluated(run, "fast", fast_model)
+    rows = [row(modality, "chance", None, chance_metrics(n), len(fast.emb.texts), n), fast.row]
+    log.info("%s fast: R@1 %.1f on %s (%s)", modality, fast.row["r1"], split, trained(fast_seconds))
+    slow = slow_over_gallery(run, fast)
+    rows.append(slow.row)
+    answers = [(fast.row, fast_answer(fast.model, fast.emb.gallery)),
+               (slow.row, slow_answer(slow.model, slow.features))]
+    reranked = rerank_rows(run, "fast+slow", fast, slow)
+    students = distilled(run, fast_model, slow.model)
+    # The paper's full system: the distilled Fast (the last student) retrieves, Slow re-ranks.
+    reranked += rerank_rows(run, "fast_distilled+slow", students[-1], slow)
+    first_ks, system_ks = [r for r, _ in reranked[: len(spec.ks)]], [r for r, _ in reranked[len(spec.ks) :]]
+    rows += first_ks + [s.row for s in students] + system_ks
+    answers += [(s.row, fast_answer(s.model, s.emb.gallery)) for s in students] + reranked
+    # Every method is timed on Slow's queries (one caption per item), the same sample and batches for each.
+    log.info("%s: timing %d methods", modality, len(answers))
+    add_timings(answers, slow.texts, spec.timing, slow.row)
+    return rows, timing_summary(spec.timing, slow.texts, str(fast_model.device))
 
-    slow, gallery_features, subset, slow_row = slow_over_gallery(run, emb, fast_ranks, fast_row)
-    rows.append(slow_row)
-    rows += rerank_rows(modality, "fast+slow", spec.ks, emb, fast_ranks, slow, gallery_features, subset, n)
-    student_rows, student_emb, student_ranks = distilled_rows(run, fast, slow, subset)
-    rows += student_rows
-    # The paper's full system: the distilled Fast retrieves, Slow re-ranks.
-    rows += rerank_rows(modality, "fast_distilled+slow", spec.ks, student_emb, student_ranks, slow, gallery_features,
-                        subset, n)
-    return rows
+
+@dataclass
+class Evaluated:
+    """A Fast model's row on the evaluation split, its embeddings and the rank of each query's true item."""
+
+    row: dict
+    model: FastModel
+    emb: FastRetrieval
+    ranks: np.ndarray
 
 
-def slow_over_gallery(run: ModalityRun, emb, fast_ranks: np.ndarray, fast_row: dict):
-    """Slow (trained or kept), its visual features of the gallery, the queries it ranks and its row.
+@dataclass
+class SlowStage:
+    """Slow, its visual features of the gallery, the queries it ranks over the whole gallery, and its row."""
 
-    Slow over the whole gallery costs Q x N decoder passes: it ranks one caption per item (the first),
-    and the other rows are reported on those same queries too (`*_same_queries` keys) for a like-for-like check."""
+    model: SlowModel
+    features: torch.Tensor
+    texts: list[str]
+    row: dict
+
+
+def slow_over_gallery(run: ModalityRun, fast: Evaluated) -> SlowStage:
+    """Slow (trained or kept) over the whole gallery: Q x N decoder passes, so it ranks one caption per item (the
+    first); the other rows report their metrics on those same queries too (`same_queries`)."""
     slow, slow_seconds = run.cache.model("slow", run.fresh_slow, run.depends["slow"])
-    gallery_features = slow_features(slow, run.test.pixels)
-    n = len(run.test.ids)
-    subset = np.searchsorted(emb.true_index, np.arange(n))
-    sub_texts, sub_true = [emb.texts[i] for i in subset], emb.true_index[subset]
-    everything = torch.arange(n).expand(len(subset), n)
-    slow_all, slow_all_s = timed(slow_score_matrix, slow, gallery_features, sub_texts, everything,
-                                 progress=run.progress)
-    slow_metrics = metrics_from_ranks(ranks_of_true(slow_all, sub_true))
-    fast_row["r1_same_queries"] = round(metrics_from_ranks(fast_ranks[subset])["r1"], 2)
-    ms = 1000 * slow_all_s / len(subset)
-    log.info("%s slow: R@1 %.1f (%s, %.1f ms/query over all)", run.modality, slow_metrics["r1"],
-             trained(slow_seconds), ms)
-    return slow, gallery_features, subset, row(run.modality, "slow", None, slow_metrics, ms, len(subset), n)
+    features = slow_features(slow, run.evaluation.pixels)
+    n, subset = len(run.evaluation.ids), run.subset
+    texts, true = [fast.emb.texts[i] for i in subset], fast.emb.true_index[subset]
+    scores = slow_score_matrix(slow, features, texts, torch.arange(n).expand(len(subset), n), progress=run.progress)
+    metrics = metrics_from_ranks(ranks_of_true(scores, true))
+    log.info("%s slow: R@1 %.1f (%s)", run.modality, metrics["r1"], trained(slow_seconds))
+    return SlowStage(slow, features, texts, row(run.modality, "slow", None, metrics, len(subset), n))
 
 
-def distilled_rows(run: ModalityRun, fast: FastModel, slow, subset: np.ndarray):
-    """The students' rows, and the distilled Fast's embeddings and ranks (the first stage of the full system)."""
-    modality, test, progress = run.modality, run.test, run.progress
-    transfer = run.extra is not None
-    soft, soft_seconds = run.cache.model("fast_soft_targets", lambda: run.soft_target_student(slow),
-                                         run.depends["fast_soft_targets"])
+def distilled(run: ModalityRun, fast: FastModel, slow) -> list[Evaluated]:
+    """The students, evaluated: the soft-target one, then (images with a transfer set) the one trained on Slow's
+    captions of the uncaptioned items. The last is the distilled Fast, the first stage of the full system."""
+    modality, transfer = run.modality, run.extra is not None
+    soft_model, soft_seconds = run.cache.model("fast_soft_targets", lambda: run.soft_target_student(slow),
+                                               run.depends["fast_soft_targets"])
     # With a transfer set the soft-target student is the ablation row; without one it is the distilled Fast.
-    soft_row, soft_emb, soft_ranks = evaluated_row(modality, "fast_soft_targets" if transfer else "fast_distilled",
-                                                   soft, test, subset, progress)
-    log.info("%s fast, soft targets: R@1 %.1f (%s)", modality, soft_row["r1"], trained(soft_seconds))
+    soft = evaluated(run, "fast_soft_targets" if transfer else "fast_distilled", soft_model)
+    log.info("%s fast, soft targets: R@1 %.1f (%s)", modality, soft.row["r1"], trained(soft_seconds))
     if not transfer:
-        return [soft_row], soft_emb, soft_ranks
-    student, student_seconds = run.cache.model(
+        return [soft]
+    model, seconds = run.cache.model(
         "fast_teacher_captions", lambda: train_on_teacher_captions(run, fast, slow),
         # The uncaptioned images' file names follow the test split's, whose size differs between quick
         # and full; their training ids do not.
         {**run.depends["fast_teacher_captions"], "uncaptioned": split_fingerprint(run.extra, ids=False)})
-    distilled_row, student_emb, student_ranks = evaluated_row(modality, "fast_distilled", student, test, subset,
-                                                              progress)
-    distilled_row.update(captioned_items=len(run.train.ids), teacher_captioned_items=len(run.extra.ids))
-    log.info("%s fast distilled (teacher captions): R@1 %.1f (%s)", modality, distilled_row["r1"],
-             trained(student_seconds))
-    return [soft_row, distilled_row], student_emb, student_ranks
+    student = evaluated(run, "fast_distilled", model)
+    student.row.update(captioned_items=len(run.train.ids), teacher_captioned_items=len(run.extra.ids))
+    log.info("%s fast distilled (teacher captions): R@1 %.1f (%s)", modality, student.row["r1"], trained(seconds))
+    return [soft, student]
 
 
 def trained(seconds: float | None) -> str:
     return "reused" if seconds is None else f"trained in {seconds:.0f} s"
 
 
-def evaluated_row(modality: str, method: str, model: FastModel, test, subset: np.ndarray | None, progress: bool):
-    """A Fast model's row on the test split (with R@1 on Slow's queries, `subset`, when given), its embeddings,
-    and the rank of each query's true item."""
-    emb = embed_split(model, test, progress=progress)
-    result = evaluate_embeddings(emb.queries, emb.gallery, emb.true_index)
+def evaluated(run: ModalityRun, method: str, model: FastModel) -> Evaluated:
+    """A Fast model's row on the evaluation split (with its metrics on Slow's queries), embeddings and ranks."""
+    emb = embed_split(model, run.evaluation, progress=run.progress)
     ranks = ranks_of_true(emb.queries.double() @ emb.gallery.double().T, emb.true_index)
-    out = row(modality, method, None, result.metrics, result.ms_per_query + emb.encode_ms_per_query, len(emb.texts),
-              len(test.ids))
-    if subset is not None:
-        out["r1_same_queries"] = round(metrics_from_ranks(ranks[subset])["r1"], 2)
-    return out, emb, ranks
+    out = row(run.modality, method, None, metrics_from_ranks(ranks), len(emb.texts), len(run.evaluation.ids))
+    out["same_queries"] = same_queries(ranks, run.subset)
+    return Evaluated(out, model, emb, ranks)
+
+
+def same_queries(ranks: np.ndarray, subset: np.ndarray) -> dict:
+    """Metrics on Slow's queries only (`subset`): like for like with Slow over the whole gallery."""
+    return {key: round(value, 2) for key, value in metrics_from_ranks(ranks[subset]).items() if key != "mean_rank"}
 
 
 def train_on_teacher_captions(run: ModalityRun, fast: FastModel, slow) -> FastModel:
@@ -221,24 +248,28 @@ def train_on_teacher_captions(run: ModalityRun, fast: FastModel, slow) -> FastMo
     return student
 
 
-def rerank_rows(modality: str, method: str, ks, emb, fast_ranks: np.ndarray, slow, gallery_features: torch.Tensor,
-                subset: np.ndarray, n: int) -> list[dict]:
-    """One row per K: the first stage's top K of every query re-ranked by Slow, timed per query."""
-    rows, q = [], len(emb.texts)
-    for k in ks:
-        ranks, ms = rerank_embedded(emb, fast_ranks, slow, gallery_features, k)
-        rows.append(row(modality, method, k, metrics_from_ranks(ranks), ms, q, n))
-        rows[-1]["r1_same_queries"] = round(metrics_from_ranks(ranks[subset])["r1"], 2)
-    return rows
+def rerank_rows(run: ModalityRun, method: str, first: Evaluated, slow: SlowStage) -> list[tuple[dict, Answer]]:
+    """One row per K: the first stage's top K of every query re-ranked by Slow; each with how a query is answered."""
+    out, n, emb = [], len(run.evaluation.ids), first.emb
+    for k in run.spec.ks:
+        ranks, _ = rerank_embedded(emb, first.ranks, slow.model, slow.features, k)
+        reranked = row(run.modality, method, k, metrics_from_ranks(ranks), len(emb.texts), n)
+        reranked["same_queries"] = same_queries(ranks, run.subset)
+        out.append((reranked, rerank_answer(first.model, emb.gallery, slow.model, slow.features, k)))
+    return out
 
 
 def run_table(size: str, seed: int, root: Path, modalities: list[str], progress: bool = True,
-              models_dir: Path | None = None, retrain: bool = False) -> tuple[list[dict], list[str]]:
-    """All rows of the table for the given size, and the notes printed under it. Trained models are kept in
-    (and reused from) `models_dir` unless it is None; `retrain` trains them all again."""
-    spec = table_spec(size)
+              models_dir: Path | None = None, retrain: bool = False, split: str = "test",
+              overrides: list[str] = ()) -> tuple[list[dict], list[str], dict]:
+    """All rows of the table for the given size on `split`, the notes printed under it, and what each modality's
+    timings covered. Trained models are kept in (and reused from) `models_dir` unless it is None; `retrain`
+    trains them all again; `overrides` change the size's settings (`table_spec`)."""
+    spec = table_spec(size, overrides=overrides)
     ensure_synth(root, seed=seed, size=size, progress=progress, overrides=[f"n_uncaptioned={spec.uncaptioned}"])
-    rows = []
+    rows, timing = [], {}
     for modality in modalities:
-        rows += run_modality(spec, seed, root, modality, progress, models_dir, retrain)
-    return rows, table_notes(spec)
+        modality_rows, timing[modality] = run_modality(spec, seed, root, modality, split, progress, models_dir,
+                                                       retrain)
+        rows += modality_rows
+    return rows, table_notes(spec, split), timing

@@ -7,11 +7,14 @@ on what `model_depends` returns (benchmarks/model_cache.py): the loaded configs 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
+from benchmarks.table_timing import TimingConfig
+from fastslow.config import apply_override
 from fastslow.config import DistillRunConfig, FastRunConfig, SlowRunConfig, load_config
 from fastslow.errors import FastslowError
 from fastslow.models.config import FastConfig, dataclass_from_dict
@@ -48,6 +51,7 @@ class SizePlan:
     rerank_ks: list[int]
     uncaptioned: int = 0
     video: ModalityPlan | None = None  # None: the image models
+    timing: TimingConfig = field(default_factory=TimingConfig)
 
 
 @dataclass
@@ -70,6 +74,7 @@ class TableSpec:
     teacher_captions: TeacherCaptionConfig = field(default_factory=TeacherCaptionConfig)
     ks: tuple[int, ...] = (5, 10, 20, 50)
     uncaptioned: int = 0  # training-distribution images without captions: the transfer set of images' fast_distilled
+    timing: TimingConfig = field(default_factory=TimingConfig)
 
     def models(self, modality: str) -> Models:
         return self.video if modality == "video" else self.image
@@ -79,19 +84,47 @@ def table_sizes(path: Path = TABLE_CONFIG) -> list[str]:
     return list(_read_plans(path))
 
 
-def table_spec(size: str, path: Path = TABLE_CONFIG) -> TableSpec:
-    """The models and schedules of one size, loaded from the presets `path` names."""
+def table_spec(size: str, path: Path = TABLE_CONFIG, overrides: list[str] = ()) -> TableSpec:
+    """The models and schedules of one size, loaded from the presets `path` names, with `overrides`
+    (`table_override`) on top."""
     plans = _read_plans(path)
     if size not in plans:
         raise FastslowError(f"{path}: no size {size!r} (expected one of {', '.join(plans)})")
-    plan = dataclass_from_dict(SizePlan, plans[size], where=f"{path.name}: {size}")
+    tree = copy.deepcopy(plans[size])  # YAML anchors share one dict between sizes: edit a copy
+    for override in overrides:
+        table_override(tree, override, size)
+    plan = dataclass_from_dict(SizePlan, tree, where=f"{path.name}: {size}")
     image = _models(plan.image)
     video = image if plan.video is None else _models(plan.video)
     distill = _load(DistillRunConfig, plan.distill)
     # The transfer section also names its items and shortlisting checkpoint: the table brings its own.
     captions = TeacherCaptionConfig(**{f.name: getattr(distill.transfer, f.name) for f in fields(TeacherCaptionConfig)})
     return TableSpec(image=image, video=video, distill=distill.distill, teacher_captions=captions,
-                     ks=tuple(plan.rerank_ks), uncaptioned=plan.uncaptioned)
+                     ks=tuple(plan.rerank_ks), uncaptioned=plan.uncaptioned, timing=plan.timing)
+
+
+PRESETS = ("image.fast", "image.slow", "video.fast", "video.slow", "distill")
+
+
+def table_override(tree: dict, override: str, size: str) -> None:
+    """Apply one override to a size's plan: `PRESET:KEY=VALUE` adds KEY=VALUE to that preset's overrides
+    (PRESET one of PRESETS, e.g. image.fast:train.epochs=20); `KEY=VALUE` sets a key of the size itself
+    (uncaptioned=2000, rerank_ks=[5,20], timing.batch=32)."""
+    if ":" in override.split("=", 1)[0]:
+        preset, setting = override.split(":", 1)
+        if preset not in PRESETS:
+            raise FastslowError(f"override {override!r}: no preset {preset!r} (expected one of {', '.join(PRESETS)})")
+        node = tree
+        for part in preset.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise FastslowError(f"override {override!r}: the {size} size has no {preset} of its own"
+                                    + (" (its videos use the image models)" if preset.startswith("video") else ""))
+            node = node[part]
+        if "=" not in setting:
+            raise FastslowError(f"override {override!r}: expected PRESET:KEY=VALUE, e.g. image.fast:train.epochs=20")
+        node["overrides"] = [*node.get("overrides", []), setting]
+    else:
+        apply_override(tree, override)
 
 
 def _read_plans(path: Path) -> dict:

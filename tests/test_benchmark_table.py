@@ -12,18 +12,25 @@ from benchmarks.table_spec import CONFIGS, TABLE_CONFIG, model_depends, table_si
 from fastslow.config import FastRunConfig, SlowRunConfig, load_config
 from fastslow.errors import FastslowError
 
-ROW_KEYS = {"modality", "method", "k", "r1", "r5", "r10", "median_rank", "ms_per_query"}
+ROW_KEYS = {"modality", "method", "k", "r1", "r5", "r10", "median_rank", "queries", "gallery"}
+TIMINGS = ("latency_ms", "queries_per_s", "speedup_latency", "speedup_throughput")
+METRICS = ("r1", "r5", "r10", "median_rank")
+
+
+def paper_table(tmp_path, *extra):
+    """Run the table's entry point at the tiny size on tmp_path's data and kept models."""
+    return subprocess.run([sys.executable, "-m", "benchmarks.paper_table", "--tiny",
+                           "--out", str(tmp_path / "table.json"), "--data-dir", str(tmp_path / "data"),
+                           "--models-dir", str(tmp_path / "models"), "--no-progress", *extra], capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.integration  # runs python -m benchmarks.paper_table
 def test_tiny_table_has_the_rows_and_files(tmp_path):
-    out = tmp_path / "table.json"
-    models = tmp_path / "models"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.paper_table", "--tiny", "--out", str(out),
-                           "--data-dir", str(tmp_path / "data"), "--models-dir", str(models), "--no-progress"],
-                          capture_output=True, text=True, timeout=300)
+    out, models = tmp_path / "table.json", tmp_path / "models"
+    proc = paper_table(tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = json.loads(out.read_text())
+    assert table["split"] == "test"
     rows = {(r["modality"], r["method"]): r for r in table["rows"]}
     methods = {"chance", "fast", "slow", "fast_distilled"}
     assert set(rows) == {(m, x) for m in ("image", "video") for x in methods | {"fast+slow", "fast_distilled+slow"}} | {
@@ -37,12 +44,10 @@ def test_tiny_table_has_the_rows_and_files(tmp_path):
     notes = "".join(table["notes"])
     assert "fast_distilled (images): Fast's schedule over the captioned train images plus 20 uncaptioned" in notes
     assert "the fast_distilled row of videos, fast_soft_targets of images." in notes
-    for method in ("fast+slow", "fast_distilled+slow"):
-        assert sorted(r["k"] for r in table["rows"] if r["method"] == method and r["modality"] == "image") == [2, 5]
-    # Re-ranking only reorders the top K: R@K (here R@5 at K=5) is the first stage's.
-    for first in ("fast", "fast_distilled"):
-        reranked = next(r for r in table["rows"] if r["method"] == f"{first}+slow" and r["k"] == 5 and r["modality"] == "image")
-        assert reranked["r5"] == rows[("image", first)]["r5"]
+    for modality in ("image", "video"):
+        for method in ("fast+slow", "fast_distilled+slow"):
+            assert [r["k"] for r in table["rows"] if r["method"] == method and r["modality"] == modality] == [1, 5, 20]
+        assert_recalls_consistent(table["rows"], modality)
     for row in table["rows"]:
         assert ROW_KEYS <= set(row)
         assert 0 <= row["r1"] <= row["r5"] <= row["r10"] <= 100
@@ -50,29 +55,78 @@ def test_tiny_table_has_the_rows_and_files(tmp_path):
     assert rows[("image", "fast")]["gallery"] == 20 and rows[("image", "fast")]["queries"] == 100
     assert rows[("video", "fast")]["gallery"] == 12 and rows[("video", "fast")]["queries"] == 60
     assert rows[("image", "chance")]["r1"] == pytest.approx(5.0) and rows[("video", "chance")]["r5"] == pytest.approx(5 / 12 * 100, abs=0.01)
-    assert rows[("image", "fast")]["ms_per_query"] > 0 and rows[("image", "slow")]["ms_per_query"] > 0
-    # Slow over the whole gallery ranks one caption per item; Fast is also reported on those queries.
-    assert rows[("image", "slow")]["queries"] == 20 and "r1_same_queries" in rows[("image", "fast")]
+    # Slow over the whole gallery ranks one caption per item; the other rows are also reported on those queries.
+    assert rows[("image", "slow")]["queries"] == 20 and set(rows[("image", "fast")]["same_queries"]) == set(METRICS)
+    assert_timings(table)
     markdown = out.with_suffix(".md").read_text()
     assert "| image | fast |" in markdown and "| video | chance |" in markdown and "| video | fast+slow | 5 |" in markdown
+    assert "| latency_ms | queries_per_s |" in markdown and "(tiny, test split, seed 0)" in markdown
     assert out.with_suffix(".png").stat().st_size > 10_000
 
     # A rerun reuses the generated data and the trained models (4 of images: fast, slow, the two students), and
     # gives the same rows; --retrain trains them again, from the same seed. Videos keep 3 (no transfer set).
     first = [r for r in table["rows"] if r["modality"] == "image"]
     for extra, reused in (([], 4), (["--retrain"], 0)):
-        again = subprocess.run([sys.executable, "-m", "benchmarks.paper_table", "--tiny", "--out", str(out),
-                                "--data-dir", str(tmp_path / "data"), "--models-dir", str(models), "--no-progress",
-                                "--modalities", "image", *extra], capture_output=True, text=True, timeout=300)
+        again = paper_table(tmp_path, "--modalities", "image", *extra)
         assert again.returncode == 0 and "reusing the synthetic benchmark" in again.stderr, again.stderr[-3000:]
         assert again.stderr.count(f"from {models}/") == reused, again.stderr[-3000:]
         rows_again = json.loads(out.read_text())["rows"]
         assert [strip_timing(r) for r in rows_again] == [strip_timing(r) for r in first]
     assert len(list(models.iterdir())) == 4 + 3 and not list(models.glob("*.partial"))
 
+    # The settings are chosen on the validation split: the same kept models, evaluated on its 10 images.
+    val = paper_table(tmp_path, "--modalities", "image", "--split", "val")
+    assert val.returncode == 0 and val.stderr.count(f"from {models}/") == 4, val.stderr[-3000:]
+    table = json.loads(out.read_text())
+    assert table["split"] == "val" and "Every caption of the val split is a query" in "".join(table["notes"])
+    assert {(r["queries"], r["gallery"]) for r in table["rows"] if r["method"] != "slow"} == {(50, 10)}
+    assert_recalls_consistent(table["rows"], "image")
+    assert_timings(table)
+    # The README quotes the test split only: a val run cannot rewrite it.
+    refused = paper_table(tmp_path, "--split", "val", "--update-readme", str(tmp_path / "README.md"))
+    assert refused.returncode == 2 and "--update-readme: the README quotes the quick and full tables" in refused.stderr
+
+
+def assert_recalls_consistent(rows: list[dict], modality: str) -> None:
+    """Re-ranking K=1 keeps the first stage's order; K=5 keeps its R@5; K=20 (the whole tiny gallery) is Slow over
+    all, whichever Fast shortlisted."""
+    by = {(r["method"], r["k"]): r for r in rows if r["modality"] == modality}
+    slow = by[("slow", None)]
+    for first in ("fast", "fast_distilled"):
+        stage, reranked = by[(first, None)], {k: by[(f"{first}+slow", k)] for k in (1, 5, 20)}
+        assert [reranked[1][m] for m in METRICS] == [stage[m] for m in METRICS]
+        assert reranked[1]["same_queries"] == stage["same_queries"]
+        assert reranked[5]["r5"] == stage["r5"]
+        assert reranked[20]["same_queries"] == {m: slow[m] for m in METRICS}
+    assert [by[("fast+slow", 20)][m] for m in METRICS] == [by[("fast_distilled+slow", 20)][m] for m in METRICS]
+
+
+def assert_timings(table: dict) -> None:
+    """Both timing columns on every method, from the same sample; speed-ups from those figures."""
+    for modality, timing in table["timing"].items():
+        rows = [r for r in table["rows"] if r["modality"] == modality]
+        slow = next(r for r in rows if r["method"] == "slow")
+        # Every method timed on Slow's queries (one per item): 10 one at a time, up to 20 in batches of 8.
+        sample = (timing["latency_queries"], timing["throughput_queries"], timing["batch"])
+        assert sample == (10, min(20, slow["queries"]), 8)
+        for row in rows:
+            if row["method"] == "chance":
+                assert not set(TIMINGS) & set(row)
+                continue
+            assert row["latency_ms"] > 0 and row["queries_per_s"] > 0
+            # Queries in flight at once: at least a small share of one (batching is never 20x slower than one at
+            # a time) and at most a few batches (a ms/s mix-up is off by 1,000).
+            assert 0.05 <= row["queries_per_s"] * row["latency_ms"] / 1000 <= 10 * timing["batch"], row
+            if row["k"] is None:
+                assert "speedup_latency" not in row
+                continue
+            assert row["speedup_latency"] == pytest.approx(slow["latency_ms"] / row["latency_ms"], rel=0.02, abs=0.01)
+            assert row["speedup_throughput"] == pytest.approx(row["queries_per_s"] / slow["queries_per_s"], rel=0.02,
+                                                              abs=0.01)
+
 
 def strip_timing(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k != "ms_per_query"}
+    return {k: v for k, v in row.items() if k not in TIMINGS}
 
 
 def test_each_kept_model_is_keyed_on_what_it_depends_on():
@@ -111,13 +165,32 @@ def test_table_models_come_from_the_presets():
     assert (quick.image.slow_train.epochs, quick.video.slow_train.epochs) == (15, 25)
     assert replace(quick.video.slow_train, epochs=slow.train.epochs) == slow.train
     assert quick.ks == (5, 10, 20, 50) and quick.uncaptioned == 4000
-    assert tiny.video == tiny.image and tiny.image.fast.vision.kind == "tiny_cnn" and tiny.ks == (2, 5)
+    assert (quick.timing.latency_queries, quick.timing.throughput_queries, quick.timing.batch) == (64, 512, 64)
+    assert tiny.video == tiny.image and tiny.image.fast.vision.kind == "tiny_cnn" and tiny.ks == (1, 5, 20)
     with pytest.raises(FastslowError, match="no size 'huge'"):
         table_spec("huge")
 
 
 def test_table_config_rejects_unknown_keys(tmp_path):
     bad = tmp_path / "table.yaml"
-    bad.write_text(TABLE_CONFIG.read_text().replace("rerank_ks: [2, 5]", "rerank_ks: [2, 5]\n  epochs: 3"))
+    bad.write_text(TABLE_CONFIG.read_text().replace("rerank_ks: [1, 5, 20]", "rerank_ks: [1, 5, 20]\n  epochs: 3"))
     with pytest.raises(FastslowError, match="unknown key.*epochs"):
         table_spec("tiny", bad)
+
+
+def test_a_tuning_run_overrides_the_table_settings():
+    """--override (a val run trying a setting) changes that setting only, and says what it could not change."""
+    quick = table_spec("quick")
+    tuned = table_spec("quick", overrides=["image.fast:train.epochs=3", "image.slow:train.epochs=4", "uncaptioned=10",
+                                           "distill:distill.weight=0.25", "timing.batch=16"])
+    assert (tuned.image.fast_train.epochs, tuned.image.slow_train.epochs, tuned.uncaptioned) == (3, 4, 10)
+    assert (tuned.distill.weight, tuned.timing.batch) == (0.25, 16)
+    assert tuned.video == quick.video and tuned.image.fast == quick.image.fast
+    # The override applies to the size named only (quick and full share one YAML anchor).
+    assert table_spec("full") == quick
+    with pytest.raises(FastslowError, match="tiny size has no video.fast of its own"):
+        table_spec("tiny", overrides=["video.fast:train.epochs=3"])
+    with pytest.raises(FastslowError, match="no preset 'text.fast'"):
+        table_spec("quick", overrides=["text.fast:train.epochs=3"])
+    with pytest.raises(FastslowError, match="timing.batch = 0: must be at least 1"):
+        table_spec("quick", overrides=["timing.batch=0"])
