@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from fastslow.train.losses import infonce_loss
+from fastslow.train.losses import infonce_loss, string_keys
 
 
 def test_infonce_hand_computed_two_pairs():
@@ -23,6 +23,22 @@ def test_infonce_hand_computed_two_pairs():
     t2v = [-math.log(math.exp(2) / (math.exp(2) + math.exp(0))), -math.log(math.exp(s) / (math.exp(s) + math.exp(s)))]
     expected = 0.5 * (sum(v2t) / 2 + sum(t2v) / 2)
     assert infonce_loss(v, t, scale).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_captions_that_read_the_same_are_not_each_others_negatives():
+    """Rows 0 and 2 carry one caption text: each row's softmax leaves the other out, in both directions."""
+    g = torch.Generator().manual_seed(0)
+    v, t = (F.normalize(torch.randn(4, 8, generator=g), dim=1) for _ in range(2))
+    keys = string_keys(["a red cube", "a blue ball", "a red cube", "a green cone"])
+    assert keys[0] == keys[2] and len(set(keys.tolist())) == 3
+    scale = torch.tensor(10.0)
+    total = 0.0
+    for logits in (scale * v @ t.T, scale * t @ v.T):
+        for i in range(4):
+            columns = [j for j in range(4) if j == i or keys[j] != keys[i]]
+            total += -(logits[i, i] - torch.logsumexp(logits[i, columns], 0)) / 8
+    assert infonce_loss(v, t, scale, keys).item() == pytest.approx(total.item(), rel=1e-6)
+    assert infonce_loss(v, t, scale).item() != pytest.approx(total.item(), rel=1e-3)  # unmasked differs
 
 
 def test_infonce_is_low_for_matching_and_high_for_shuffled_pairs():

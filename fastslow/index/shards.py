@@ -20,6 +20,7 @@ from fastslow.log import get_logger
 log = get_logger(__name__)
 
 METRICS = ("ip", "l2")
+TIE_FETCH = 256  # at most this many results past k are fetched to order a tie at the k-th place by row
 
 
 @dataclass
@@ -61,6 +62,10 @@ def empty_index(spec: IndexSpec, dim: int, train_vectors: np.ndarray):
     except RuntimeError as e:
         first = str(e).strip().splitlines()[-1] if str(e).strip() else "invalid"
         raise FastslowError(f"index.factory {spec.factory!r}: FAISS cannot build it ({first})") from None
+    try:
+        search_params(index)  # refuses, before training, an index whose search settings cannot be set per call
+    except FastslowError as e:
+        raise FastslowError(f"index.factory {spec.factory!r}: {e}") from None
     if not index.is_trained:
         rng = np.random.default_rng(spec.seed)
         take = min(len(train_vectors), spec.train_sample)
@@ -72,6 +77,16 @@ def empty_index(spec: IndexSpec, dim: int, train_vectors: np.ndarray):
             raise FastslowError(f"index.factory {spec.factory!r}: training on {take} vectors failed "
                                 f"({lines[-1] if lines else e})") from None
     return index
+
+
+def _add(index, vectors: np.ndarray) -> None:
+    """Add rows at positions 0, 1, ...; an IDMap index is given those positions as its ids."""
+    import faiss
+
+    if isinstance(faiss.downcast_index(index), (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        index.add_with_ids(vectors, np.arange(index.ntotal, index.ntotal + len(vectors), dtype=np.int64))
+    else:
+        index.add(vectors)
 
 
 def build_shards(ids: list[str], vectors: np.ndarray, spec: IndexSpec) -> tuple[list, list[np.ndarray]]:
@@ -94,31 +109,61 @@ def build_shards(ids: list[str], vectors: np.ndarray, spec: IndexSpec) -> tuple[
         members = order[assignment[order] == s]
         index = faiss.clone_index(trained)
         if len(members):
-            index.add(vectors[members])
+            _add(index, vectors[members])
         indexes.append(index)
         rows.append(members.astype(np.int64))
     return indexes, rows
 
 
+def _refuse(ix, why: str):
+    raise FastslowError(f"{type(ix).__name__}: FAISS cannot take its search parameters per call ({why}), so "
+                        "nprobe/efSearch would be silently ignored; use Flat, IVF…, HNSW…, PQ… or SQ…, optionally "
+                        "under OPQ/PCA, IDMap or RFlat/Refine")
+
+
 def search_params(index, nprobe: int | None = None, ef_search: int | None = None):
-    """Per-call FAISS search parameters for this index type (None when nothing applies).
+    """Per-call FAISS search parameters for `index`, reaching through OPQ/PCA transforms, RFlat/Refine and IDMap to
+    the IVF or HNSW inside (None when nothing applies); a FastslowError for an index whose settings FAISS cannot
+    take per call.
 
     Passed to `index.search(..., params=...)`: a shared index is never mutated per query.
     """
     import faiss
 
-    inner = faiss.downcast_index(index)
-    if nprobe is not None and isinstance(inner, faiss.IndexIVF):
-        return faiss.SearchParametersIVF(nprobe=nprobe)
-    if ef_search is not None and isinstance(inner, faiss.IndexHNSW):
-        return faiss.SearchParametersHNSW(efSearch=ef_search)
-    return None
+    ix = faiss.downcast_index(index)
+    if isinstance(ix, faiss.IndexPreTransform):
+        inner = search_params(ix.index, nprobe, ef_search)
+        return None if inner is None else faiss.SearchParametersPreTransform(index_params=inner)
+    if isinstance(ix, faiss.IndexRefine):
+        if search_params(ix.refine_index, 1, 1) is not None:
+            _refuse(ix, "its refine index is approximate and takes no per-call parameters")
+        inner = search_params(ix.base_index, nprobe, ef_search)
+        # k_factor: the index's own, as FAISS uses the parameters' value in place of it.
+        return None if inner is None else faiss.IndexRefineSearchParameters(base_index_params=inner,
+                                                                             k_factor=ix.k_factor)
+    if isinstance(ix, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        return search_params(ix.index, nprobe, ef_search)  # IDMap hands its parameters to the index it wraps
+    if isinstance(ix, faiss.IndexIVF):
+        quantizer = search_params(ix.quantizer, None, ef_search)  # an HNSW coarse quantizer (IVF…_HNSW…)
+        if nprobe is None and quantizer is None:
+            return None
+        probes = ix.nprobe if nprobe is None else nprobe
+        if quantizer is None:
+            return faiss.SearchParametersIVF(nprobe=probes)
+        return faiss.SearchParametersIVF(nprobe=probes, quantizer_params=quantizer)
+    if isinstance(ix, faiss.IndexHNSW):
+        return None if ef_search is None else faiss.SearchParametersHNSW(efSearch=ef_search)
+    if isinstance(ix, (faiss.IndexNSG, faiss.IndexNNDescent)):
+        _refuse(ix, "its search_L is set on the index only")
+    if faiss.try_extract_index_ivf(ix) is not None or hasattr(ix, "index") or hasattr(ix, "base_index"):
+        _refuse(ix, "a wrapper fastslow does not reach through")
+    return None  # Flat, PQ, SQ, LSH, fast-scan ...: nothing to set
 
 
 def on_gpu(index, nprobe: int | None = None):
     """(index, gpu resources): a GPU copy of `index` where faiss-gpu is installed and a GPU is visible, with its
     nprobe set on the copy (this process's own, so no per-call parameters are needed), else `index` and None.
-    Index types FAISS cannot move to a GPU (HNSW, ...) stay on the CPU."""
+    Index types FAISS cannot move to a GPU (HNSW, ...), or whose copy does not take nprobe, stay on the CPU."""
     import faiss
 
     if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
@@ -126,23 +171,39 @@ def on_gpu(index, nprobe: int | None = None):
     resources = faiss.StandardGpuResources()  # must outlive the GPU index: kept by the caller
     try:
         gpu = faiss.index_cpu_to_gpu(resources, 0, index)
+        if nprobe and faiss.try_extract_index_ivf(index) is not None:
+            # ParameterSpace reaches through transforms, IDMap and Refine to the (GPU) IVF, as search_params does.
+            faiss.GpuParameterSpace().set_index_parameter(gpu, "nprobe", nprobe)
     except RuntimeError as e:
         log.info("index stays on the CPU (%s)", str(e).splitlines()[0][:120])
         return index, None
-    if nprobe and isinstance(faiss.downcast_index(index), faiss.IndexIVF):
-        faiss.GpuParameterSpace().set_index_parameter(gpu, "nprobe", nprobe)
     return gpu, resources
 
 
+def _ties_by_row(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The column order that keeps FAISS's best-first order but puts equal scores in row order (missing last)."""
+    group = np.concatenate([np.zeros((len(scores), 1), np.int64),
+                            np.cumsum(scores[:, 1:] != scores[:, :-1], axis=1)], axis=1)
+    return np.lexsort((np.where(rows < 0, np.iinfo(np.int64).max, rows), group), axis=1)
+
+
 def search_shard(index, rows: np.ndarray, queries: np.ndarray, k: int, params=None) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, global rows), both (Q, k'), of one shard; k' = min(k, shard size); -1 rows where FAISS found fewer."""
+    """(scores, global rows), both (Q, k'), of one shard, best first, equal scores by row; k' = min(k, shard size);
+    -1 rows where FAISS found fewer."""
     k = min(k, index.ntotal)
     q = np.ascontiguousarray(queries, dtype=np.float32)
     if k == 0:
         return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-    scores, positions = index.search(q, k, params=params)
+    # FAISS breaks a tie across the k-th place by position, not row: fetch one more and, where a tie reaches it,
+    # enough to hold the tie (up to TIE_FETCH more), so ties go by row as in merge_results.
+    for fetch in (min(k + 1, index.ntotal), min(k + TIE_FETCH, index.ntotal)):
+        scores, positions = index.search(q, fetch, params=params)
+        if fetch == index.ntotal or not ((scores[:, -1] == scores[:, k - 1]) & (positions[:, -1] >= 0)).any():
+            break
     found = positions >= 0
-    return scores, np.where(found, rows[np.clip(positions, 0, None)], -1)
+    global_rows = np.where(found, rows[np.clip(positions, 0, None)], -1)
+    order = _ties_by_row(scores, global_rows)[:, :k]
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(global_rows, order, 1)
 
 
 def merge_results(parts: list[tuple[np.ndarray, np.ndarray]], k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:

@@ -31,9 +31,11 @@ class ShardSearcher:
         self.num_shards = len(loaded.manifest["shards"])
         self.metric = loaded.manifest["metric"]
         self.rows = loaded.rows[0]
+        # Computed first, CPU or not: it refuses an index whose nprobe/efSearch cannot be set per call.
+        params = search_params(loaded.indexes[0], nprobe, ef_search)
         # On a GPU where faiss-gpu and a GPU are there (nprobe then set on this process's copy), else the CPU.
         self.index, self.gpu_resources = on_gpu(loaded.indexes[0], nprobe)
-        self.params = None if self.gpu_resources is not None else search_params(self.index, nprobe, ef_search)
+        self.params = None if self.gpu_resources is not None else params
         self.num_frames = index_num_frames(loaded.manifest)
         table = loaded.metadata
         # Only this shard's rows are kept (global row -> fields).

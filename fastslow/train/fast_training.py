@@ -17,7 +17,7 @@ from fastslow.data.loaded import LoadedSplit
 from fastslow.inference.fast_embeddings import text_features, visual_features
 from fastslow.log import get_logger
 from fastslow.train.loop import fit
-from fastslow.train.losses import infonce_loss
+from fastslow.train.losses import global_offset, infonce_loss, string_keys
 
 log = get_logger(__name__)
 
@@ -42,11 +42,20 @@ class FastTrainConfig:
 class Batch:
     """One training batch: which items and captions, and the model inputs for them."""
 
-    items: np.ndarray  # indices into the split's items
+    items: np.ndarray  # indices into this process's split (a Ray Train worker's shard), numbered from 0
     captions: np.ndarray  # indices into the split's caption list, one per item
     visual: torch.Tensor  # tower features (frozen tower) or uint8 pixels
     text: torch.Tensor | list[str]  # tower features (frozen tower) or the caption strings
     texts: list[str]  # the caption strings, always (a Slow teacher reads them)
+    # The global number of this split's item 0: `offset + items` number the items uniquely over every
+    # worker's shard, so gathered items can be told apart (0 in one process).
+    offset: int = 0
+    text_keys: np.ndarray | None = None  # `string_keys` of the caption texts: equal texts are not negatives
+
+    @property
+    def global_items(self) -> np.ndarray:
+        """The items' numbers over all processes' splits together."""
+        return self.offset + np.asarray(self.items, dtype=np.int64)
 
 
 class FastBatches:
@@ -56,6 +65,8 @@ class FastBatches:
     once per batch, so it never meets itself as a negative. With `neighbours` > 0 a
     batch is built from anchors plus some of each anchor's nearest items (by the
     visual tower's features): the hard negatives a random batch rarely holds.
+
+    Under a process group, construction is a collective (every process's split size, for `item_offset`).
     """
 
     def __init__(self, model, split: LoadedSplit, cfg: FastTrainConfig, progress: bool = True):
@@ -63,6 +74,8 @@ class FastBatches:
         self.texts, self.caption_item = split.caption_pairs()
         self.first_caption = np.searchsorted(self.caption_item, np.arange(len(split.ids)))
         self.num_captions = np.bincount(self.caption_item, minlength=len(split.ids))
+        self.text_keys = string_keys(self.texts)
+        self.item_offset = global_offset(len(split.ids))  # this shard's place among all workers' shards
         self.cached_visual = None if model.config.vision.trainable else visual_features(
             model, split.pixels, cfg.encode_batch_size, progress, desc="caching visual features")
         self.cached_text = None if model.config.text.trainable else text_features(
@@ -102,11 +115,15 @@ class FastBatches:
         order = rng.permutation(len(self.split.ids))
         for step in range(self.steps_per_epoch()):
             items = self._batch_items(order, step, rng)
-            captions = self.first_caption[items] + rng.integers(0, self.num_captions[items])
-            texts = [self.texts[i] for i in captions]
-            visual = self.cached_visual[items] if self.cached_visual is not None else torch.from_numpy(self.split.pixels[items])
-            text = self.cached_text[captions] if self.cached_text is not None else texts
-            yield Batch(items=items, captions=captions, visual=visual, text=text, texts=texts)
+            yield self.batch(items, self.first_caption[items] + rng.integers(0, self.num_captions[items]))
+
+    def batch(self, items: np.ndarray, captions: np.ndarray) -> Batch:
+        """The batch of these items (indices into the split), each with the caption of the same position."""
+        texts = [self.texts[i] for i in captions]
+        visual = self.cached_visual[items] if self.cached_visual is not None else torch.from_numpy(self.split.pixels[items])
+        text = self.cached_text[captions] if self.cached_text is not None else texts
+        return Batch(items=items, captions=captions, visual=visual, text=text, texts=texts, offset=self.item_offset,
+                     text_keys=self.text_keys[captions])
 
 
 def embed_batch(model, visual, text) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,7 +138,7 @@ def embed_batch(model, visual, text) -> tuple[torch.Tensor, torch.Tensor]:
 def fast_loss(model, batch: Batch) -> tuple[torch.Tensor, dict]:
     """The Fast model's contrastive loss on one batch (gathered across processes when distributed)."""
     v, t = embed_batch(model, batch.visual, batch.text)
-    loss = infonce_loss(v, t, model.scale())
+    loss = infonce_loss(v, t, model.scale(), batch.text_keys)
     return loss, {"loss": loss.item(), "temperature": model.temperature}
 
 

@@ -74,7 +74,9 @@ def prepare_training(kind: str, cfg, split: LoadedSplit, progress: bool = True, 
                      teacher_pixels: np.ndarray | None = None) -> Training:
     """Model, batches and loss of a `fast`, `slow` or `distill` run on `split`: what both the one-process
     run and each Ray Train worker (on its shard) train. The Slow vocabulary comes from `split` unless the
-    config names one (workers must share it). `teacher_pixels`: the split at the teacher's image size."""
+    config names one (workers must share it). `teacher_pixels`: the split at the teacher's image size.
+    The model's initial weights come from `cfg.train.seed`, so a run repeats exactly."""
+    torch.manual_seed(cfg.train.seed)
     if kind == "fast":
         model = FastModel(cfg.model)
         return Training(model, FastBatches(model, split, cfg.train, progress), fast_loss, "fast")
@@ -91,7 +93,7 @@ def prepare_training(kind: str, cfg, split: LoadedSplit, progress: bool = True, 
     batches = FastBatches(model, split, cfg.train, progress)
     features = slow_features(teacher, split.pixels if teacher_pixels is None else teacher_pixels, progress=progress)
     table = precompute_teacher(teacher, features, batches.texts, batches.caption_item, batches.neighbour_table,
-                               progress=progress)
+                               progress=progress, item_offset=batches.item_offset)
     return Training(model, batches, DistillationLoss(table, cfg.distill), "fast (distilled)")
 
 
