@@ -46,7 +46,7 @@ def table_notes(spec: TableSpec, split: str = "test") -> list[str]:
             f"fast_distilled (images): Fast's schedule over the captioned train images plus {spec.uncaptioned} "
             f"uncaptioned ones, each captioned by Slow (the transfer set): Fast shortlists "
             f"{spec.teacher_captions.shortlist} of the training captions, the image keeps those within "
-            f"{spec.teacher_captions.within} nat of Slow's best (at most {spec.teacher_captions.most}).")
+            f"{spec.teacher_captions.within} nat per token of Slow's best (at most {spec.teacher_captions.most}).")
     return notes
 
 

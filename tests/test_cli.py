@@ -32,6 +32,9 @@ def test_synth_wrote_the_tiny_set(tiny_synth):
     dataset = json.loads(next((tiny_synth / "images").glob("dataset_*.json")).read_text())
     splits = [image["split"] for image in dataset["images"]]
     assert {s: splits.count(s) for s in set(splits)} == {"train": 40, "val": 10, "test": 20}
+    # What `fastslow synth` prints and records: no test caption is found word for word in training.
+    record = json.loads((tiny_synth / "synth.json").read_text())
+    assert record["test_captions_seen_in_train"] == {"images": 0.0, "videos": 0.0}
 
 
 def test_train_then_eval_through_the_cli(tiny_synth, tmp_path):

@@ -32,8 +32,11 @@ def test_shapes_and_fine_grained_grid():
     coarse = SlowModel(tiny_slow(fine_grained=False)).eval()
     assert coarse.visual_tokens(coarse.visual_features(pixels(4, 32, 32))).shape == (4, 16, 32)
     video = model.visual_features(pixels(2, 3, 32, 32))
-    assert video.shape == (2, 3, (16 + 32) * 4)  # every map pooled to the 2x2 video grid
+    # The mid map pooled to the 2x2 video grid, the deepest to half of it (1x1): the fusion upsamples it.
+    assert video.shape == (2, 3, 16 * 4 + 32 * 1)
     assert model.visual_tokens(video).shape == (2, 3 * 4, 32)
+    coarse_video = coarse.visual_features(pixels(2, 3, 32, 32))
+    assert coarse_video.shape == (2, 3, 32 * 4)  # without fusion the deepest map gives the 2x2 grid
 
 
 def test_gradients_reach_tower_fusion_and_decoder():
@@ -106,15 +109,21 @@ def test_checkpoint_round_trip_gives_same_scores(tmp_path):
     assert torch.equal(expected, got)
 
 
-def test_output_vocab_maps_unseen_tokens_to_unk():
+def test_words_outside_the_output_vocab_are_left_out_and_unk_targets_unscored():
     vocab = build_output_vocab(["ab", "ba"], TextTowerConfig(kind="tiny_transformer"))
     assert vocab == [ord("a"), ord("b")]
     model = SlowModel(tiny_slow(output_vocab=vocab)).eval()
     assert model.head.out_features == 4 + 2
-    inp, tgt = model.text_inputs(["abz", "b"], "r2l")
-    # BOS, then the tokens reversed; z is unknown (UNK = 3); a = 4, b = 5; EOS = 2, PAD = 0.
-    assert inp.tolist() == [[1, 3, 5, 4], [1, 5, 0, 0]]
-    assert tgt.tolist() == [[3, 5, 4, 2], [5, 2, 0, 0]]
+    # "z" and "abz" hold a token the decoder cannot predict: the words go, the rest reads as without them.
+    assert model.token_ids(["ab z", "abz b", "z"]) == [[ord("a"), ord("b")], [ord("b")], []]
+    inp, tgt = model.text_inputs(["ab z", "b"], "r2l")
+    # BOS, then the tokens reversed; a = 4, b = 5; EOS = 2, PAD = 0.
+    assert inp.tolist() == [[1, 5, 4], [1, 5, 0]]
+    assert tgt.tolist() == [[5, 4, 2], [5, 2, 0]]
+    # A target UNK (3) adds nothing, as padding does; the others are real log-probabilities.
+    hidden = torch.randn(1, 4, model.config.dim)
+    lp = model.token_log_probs(hidden, torch.tensor([[4, 3, 5, 0]]))
+    assert lp[0, 1] == 0 and lp[0, 3] == 0 and (lp[0, [0, 2]] < 0).all()
 
 
 def test_pretrained_default_layout_and_frozen_tower():

@@ -53,6 +53,22 @@ def test_score_matrix_equals_pair_by_pair_scores(batch_pairs):
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_slow_over_a_gallery_keeps_float64_as_re_ranking_does():
+    """The whole-gallery path returns the scorer's float64 sums unrounded (it once cast them to float32, so
+    near-ties broke differently from re-ranking a shortlist of the same items)."""
+    torch.manual_seed(0)
+    model = SlowModel(tiny_slow()).eval()
+    images = torch.randint(0, 256, (6, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    features = slow_features(model, images.numpy())
+    got = slow_score_matrix(model, features, TEXTS, torch.arange(6).expand(len(TEXTS), -1))
+    with torch.no_grad():
+        kv = model.memory_kv(model.visual_tokens(features))
+        direct = model.grid_scores(kv, slice(0, 6), TEXTS).numpy()
+    assert direct.dtype == np.float64
+    np.testing.assert_array_equal(got, direct)
+    assert (got.astype(np.float32).astype(np.float64) != got).any()
+
+
 def test_score_matrix_on_videos_and_bad_candidates():
     torch.manual_seed(0)
     model = SlowModel(tiny_slow()).eval()
@@ -96,6 +112,12 @@ def test_training_learns_which_colour_is_where():
     scores = slow_score_matrix(model, features, truth + swapped, torch.arange(n).repeat(2)[:, None])[:, 0]
     rate = float(np.mean(scores[:n] > scores[n:]))
     assert rate > 0.8, rate
+    # A word the training captions never held ("zq": bytes outside the decoder's vocabulary), anywhere in the
+    # query, changes no candidate's score: the ranking over every test image is the query's without it.
+    gallery = torch.arange(n).expand(n, -1)
+    plain = slow_score_matrix(model, features, truth, gallery)
+    for unseen in (["zq " + t for t in truth], [t.replace(" ", " zq ") for t in truth], [t + " qz!" for t in truth]):
+        np.testing.assert_array_equal(slow_score_matrix(model, features, unseen, gallery), plain)
 
 
 def test_training_a_trainable_tower_from_pixels():

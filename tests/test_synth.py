@@ -14,6 +14,8 @@ from PIL import Image
 from fastslow.errors import FastslowError
 from fastslow.synth import SynthConfig, generate, write_dataset
 from fastslow.synth import captions as cap
+from fastslow.synth import motion, scenes
+from fastslow.synth.generate import _plan, caption_overlap, split_keys
 from fastslow.synth.motion import read_mp4
 from fastslow.synth.scenes import RGB
 
@@ -222,6 +224,31 @@ def test_video_pixels_agree_with_the_canonical_caption(runs):
                 (y0, x0), (y1, x1) = (np.argwhere(m).mean(0) for m in (first, last))
                 step = {"up": y0 - y1, "down": y1 - y0, "left": x0 - x1, "right": x1 - x0}[direction]
                 assert step > 10, (row["videoID"], row["enCap"][0], step)
+
+
+@pytest.mark.parametrize("media", ["image", "video"])
+def test_test_scenes_are_combinations_never_seen_in_training_of_words_that_are(media):
+    """The quick size's plan (no rendering): test, val and train draw from disjoint scene types."""
+    items = _plan(SynthConfig(), media)
+    by_split = defaultdict(list)
+    for it in items:
+        by_split[it["split"]].append(it)
+    assert caption_overlap(items) == 0.0
+    seen = {c for it in by_split["train"] for c in it["captions"]}
+    assert not seen & {c for it in by_split["val"] for c in it["captions"]}
+    words = {w for c in seen for w in cap.tokenize(c)}
+    assert {w for it in by_split["test"] for c in it["captions"] for w in cap.tokenize(c)} <= words
+    # Captions repeat across training images (several scenes read alike); never within test.
+    test_caps = [c for it in by_split["test"] for c in it["captions"]]
+    assert len(set(test_caps)) == len(test_caps)
+    keys = {s: split_keys(scenes.group_keys() if media == "image" else motion.group_keys(), 0, media)[s]
+            for s in ("train", "val", "test")}
+    assert not set(keys["train"]) & set(keys["test"]) and not set(keys["val"]) & set(keys["test"])
+
+
+def test_the_summary_reports_no_test_caption_seen_in_training(runs):
+    for summary in runs:
+        assert summary["test_captions_seen_in_train"] == {"images": 0.0, "videos": 0.0}
 
 
 def test_bad_input_raises_one_line_errors(tmp_path):

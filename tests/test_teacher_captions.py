@@ -20,6 +20,14 @@ def tiny_fast() -> FastModel:
                                                      heads=2), embed_dim=16, head_hidden=0))
 
 
+class WordCountTeacher:
+    """A stand-in teacher whose score is read per word: `scored_token_counts` counts words plus an end token."""
+
+    @staticmethod
+    def scored_token_counts(texts):
+        return torch.tensor([len(t.split()) + 1 for t in texts])
+
+
 def pixels(n: int) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 255, (n, 16, 16, 3), dtype=np.uint8)
 
@@ -52,9 +60,23 @@ def test_teacher_captions_follow_the_teacher_not_fast():
         return np.array([[0.0 if t == truth[int(i)] else -20.0] for t, i in zip(texts, items[:, 0])])
 
     cfg = TeacherCaptionConfig(shortlist=len(POOL), within=1.0, most=5)
-    got = teacher_captions(fast, None, torch.zeros(3, 1), images, POOL, cfg, score_fn=teacher)
+    got = teacher_captions(fast, WordCountTeacher(), torch.zeros(3, 1), images, POOL, cfg, score_fn=teacher)
     assert got == [[truth[0]], [truth[1]], [truth[2]]]
     assert asked == [(3 * len(POOL), (3 * len(POOL), 1))]  # one pass, one row per (item, caption) pair
+
+
+def test_captions_are_compared_per_token_not_summed():
+    """Each extra token costs nats: summed, a short vague caption beats a long exact one; per token it does not."""
+    fast, images = tiny_fast(), pixels(1)
+    pool = ["a circle", "a small red circle left of a large blue square"]
+    per_word = {pool[0]: -1.5, pool[1]: -0.5}  # the long caption fits better, word for word
+
+    def teacher(model, features, texts, items, progress=False):
+        return np.array([[per_word[t] * (len(t.split()) + 1)] for t in texts])  # summed: -4.5 against -5.5
+
+    cfg = TeacherCaptionConfig(shortlist=2, within=0.0, most=1)
+    assert teacher_captions(fast, WordCountTeacher(), torch.zeros(1, 1), images, pool, cfg, score_fn=teacher) == \
+        [[pool[1]]]
 
 
 def test_teacher_captions_refuse_bad_input():
@@ -80,20 +102,25 @@ def test_with_extra_items_appends_every_item_with_its_captions():
         with_extra_items(split, extra, [["p"], [], ["s"]], prefix="u")
 
 
-def test_default_scorer_is_slow_over_each_items_shortlist():
+def test_default_scorer_is_slow_per_token_over_each_items_shortlist():
+    """The expected captions come from Slow's plain forward pass (`SlowModel.score`, one pair at a time) divided by
+    the byte count plus EOS, not from the batched scorer the code uses."""
     from helpers import tiny_slow
 
     from fastslow.train.slow_training import make_slow_model
-    from fastslow.inference.slow_scores import slow_features, slow_score_matrix
+    from fastslow.inference.slow_scores import slow_features
 
     fast, images = tiny_fast(), pixels(3)
     torch.manual_seed(0)
-    slow = make_slow_model(tiny_slow(trainable=False, image_size=16), POOL)
+    pool = POOL + ["a red circle left of a blue square"]
+    slow = make_slow_model(tiny_slow(trainable=False, image_size=16), pool)
     features = slow_features(slow, images)
-    cfg = TeacherCaptionConfig(shortlist=4, within=0.0, most=1)
-    got = teacher_captions(fast, slow, features, images, POOL, cfg)
-    shortlist = fast_shortlist(fast, images, POOL, 4)
-    for u, caps in enumerate(got):
-        mine = [POOL[j] for j in shortlist[u]]
-        scores = slow_score_matrix(slow, features, mine, torch.full((4, 1), u))[:, 0]
-        assert caps == [mine[int(np.argmax(scores))]]
+    cfg = TeacherCaptionConfig(shortlist=5, within=0.0, most=1)
+    got = teacher_captions(fast, slow, features, images, pool, cfg)
+    shortlist = fast_shortlist(fast, images, pool, 5)
+    with torch.no_grad():
+        tokens = slow.visual_tokens(features.float())
+        for u, caps in enumerate(got):
+            mine = [pool[j] for j in shortlist[u]]
+            per_token = [slow.score(tokens[u : u + 1], [t]).item() / (len(t.encode()) + 1) for t in mine]
+            assert caps == [mine[int(np.argmax(per_token))]]

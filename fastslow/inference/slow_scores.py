@@ -59,7 +59,7 @@ def slow_score_matrix(model: SlowModel, features: torch.Tensor, texts: list[str]
         if bool((block == block[:1]).all()):
             for rs, cs in _chunks(block.shape[0], k, batch_pairs):
                 scores = model.grid_scores(kv, _as_slice(local[0, cs]), block_texts[rs])
-                out[r0 + rs.start : r0 + rs.stop, cs] = scores.float().cpu().numpy()  # float: bf16 under autocast
+                out[r0 + rs.start : r0 + rs.stop, cs] = scores.cpu().numpy()  # float64, as the grouped path keeps
                 bar.update(scores.numel())
         else:
             out[r0 : r0 + len(block)] = _grouped_block(model, kv, local, block_texts, batch_pairs, bar)

@@ -104,6 +104,8 @@ class FastConfig:
                         token_hidden=self.token_hidden)
         if self.head_hidden < 0:
             raise FastslowError(f"fast.head_hidden: must be >= 0, got {self.head_hidden}")
+        if not 0.01 <= self.init_temperature <= 1.0:  # training keeps the logit scale in [0, log 100]
+            raise FastslowError(f"fast.init_temperature: must be in [0.01, 1], got {self.init_temperature}")
         if not 0.0 <= self.visual_dropout < 1.0:
             raise FastslowError(f"fast.visual_dropout: must be in [0, 1), got {self.visual_dropout}")
         _check_choice("fast.video_pooling", self.video_pooling, VIDEO_POOLINGS)

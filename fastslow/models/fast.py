@@ -164,8 +164,13 @@ class FastModel(nn.Module):
         return self.embed_text_features(self.text_features(texts))
 
     def scale(self) -> torch.Tensor:
-        """1 / temperature, with the logit scale clamped at log(100) as CLIP does."""
-        return self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+        """1 / temperature: exp of the logit scale, which `after_optimizer_step` keeps in [0, log 100]."""
+        return self.logit_scale.exp()
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        """Clamp the logit scale to [0, log 100] (temperature 1 to 0.01), as open_clip does after each step."""
+        self.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
 
     @property
     def temperature(self) -> float:

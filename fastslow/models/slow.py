@@ -108,7 +108,7 @@ class SlowModel(SlowVisualSide, SlowTextSide, nn.Module):
 
     def score(self, tokens: torch.Tensor, texts: list[str]) -> torch.Tensor:
         """Mean over config.directions of the caption log-likelihood (B,) float64."""
-        kv, seqs = self.memory_kv(tokens), self.tokenizer(texts)
+        kv, seqs = self.memory_kv(tokens), self.token_ids(texts)
         total = None
         for direction in self.config.direction_list:
             inp, tgt = self._inputs(seqs, direction)
@@ -147,7 +147,7 @@ class SlowModel(SlowVisualSide, SlowTextSide, nn.Module):
     def text_states(self, texts: list[str]) -> TextStates:
         """The text-only part of the first decoder layer (self-attention, cross-attention query) per direction:
         it does not depend on the item, so it runs once per text, not once per pair."""
-        seqs, first, out = self.tokenizer(texts), self.layers[0], []
+        seqs, first, out = self.token_ids(texts), self.layers[0], []
         for direction in self.config.direction_list:
             inp, tgt = self._inputs(seqs, direction)
             x = first.self_block(self.embed_text(inp, direction))
@@ -156,7 +156,7 @@ class SlowModel(SlowVisualSide, SlowTextSide, nn.Module):
 
     def loss(self, tokens: torch.Tensor, texts: list[str]) -> torch.Tensor:
         """Mean per-token negative log-likelihood over the configured directions (the captioning objective)."""
-        kv, seqs = self.memory_kv(tokens), self.tokenizer(texts)
+        kv, seqs = self.memory_kv(tokens), self.token_ids(texts)
         total, count = 0.0, 0
         for direction in self.config.direction_list:
             inp, tgt = self._inputs(seqs, direction)

@@ -32,7 +32,7 @@ class SlowConfig:
     ffn: int = 256
     dropout: float = 0.0
     fine_grained: bool = True  # fuse the upsampled deepest map with the one before it; False: deepest alone
-    video_grid: int = 4  # per-frame token grid side for videos (maps pooled down to it)
+    video_grid: int = 4  # per-frame token grid side for videos (the deepest map pooled to half of it when fused)
     max_frames: int = 16
     max_length: int = 32  # decoder input length, BOS included
     directions: str = "both"

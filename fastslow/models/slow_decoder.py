@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastslow.errors import FastslowError
-from fastslow.models.slow_config import BOS, DIRECTIONS, EOS, PAD
+from fastslow.models.slow_config import BOS, DIRECTIONS, EOS, PAD, UNK
 
 
 class DecoderLayer(nn.Module):
@@ -82,9 +82,34 @@ class TextStates:
 class SlowTextSide:
     """SlowModel's text side (a mixin: the modules it uses are SlowModel's own attributes)."""
 
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Tokenizer ids of `texts` without the words the decoder cannot predict (any token outside its vocabulary).
+
+        A word the training captions never held tells Slow nothing about an item, and as UNK (an input it never
+        saw, a target it never learnt) it would add a large, item-dependent term to every candidate's score;
+        left out, a query with an unseen word scores every candidate exactly as the query without it.
+        """
+        seqs = self.tokenizer(texts)
+        unknown = self.id_lookup.cpu() == UNK
+
+        def has_unknown(ids: list[int]) -> bool:
+            return bool(unknown[torch.tensor(ids, dtype=torch.long)].any())
+
+        for i, seq in enumerate(seqs):
+            if has_unknown(seq):
+                words = texts[i].split()
+                known = [w for w, ids in zip(words, self.tokenizer(words)) if not has_unknown(ids)]
+                seqs[i] = self.tokenizer([" ".join(known)])[0]
+        return seqs
+
+    def scored_token_counts(self, texts: list[str]) -> torch.Tensor:
+        """(B,) how many target tokens enter each text's score in either direction: its known tokens as the
+        decoder reads them (truncated to max_length - 1), plus EOS."""
+        return torch.tensor([min(len(s), self.config.max_length - 1) + 1 for s in self.token_ids(texts)])
+
     def text_inputs(self, texts: list[str], direction: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoder inputs and targets (B, L), compact ids: inputs BOS + tokens, targets tokens + EOS, then PAD."""
-        return self._inputs(self.tokenizer(texts), direction)
+        return self._inputs(self.token_ids(texts), direction)
 
     def _inputs(self, seqs: list[list[int]], direction: str) -> tuple[torch.Tensor, torch.Tensor]:
         if direction not in DIRECTIONS:
@@ -110,7 +135,8 @@ class SlowTextSide:
         return self.embed_drop(x)
 
     def token_log_probs(self, hidden: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
-        """Log-probability (B, L) float64 of each target token, 0 at padding.
+        """Log-probability (B, L) float64 of each target token, 0 at padding and at UNK (a token outside the
+        decoder's vocabulary that `token_ids` left in: the model never learnt to predict it).
 
         The target's logit minus the log-sum-exp, without a (B, L, vocab) log-softmax: the subtraction
         (and the caller's sum) in float64 keeps near-ties apart at a fraction of a float64 softmax's cost.
@@ -118,7 +144,7 @@ class SlowTextSide:
         logits = self.head(self.out_norm(hidden))
         target = logits.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).double()
         lp = target - torch.logsumexp(logits, dim=-1).double()
-        return lp.masked_fill(tgt == PAD, 0.0)
+        return lp.masked_fill((tgt == PAD) | (tgt == UNK), 0.0)
 
     def decode(self, inp: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]], direction: str) -> torch.Tensor:
         """Hidden states (B, L, dim) of the decoder over inputs `inp` given per-layer visual keys/values."""

@@ -40,7 +40,10 @@ class SlowVisualSide:
     """SlowModel's visual side (a mixin: the modules it uses are SlowModel's own attributes)."""
 
     def _layouts(self) -> tuple[MapLayout, MapLayout]:
-        """Map shapes from one dry run of the tower; videos pool each map down to video_grid."""
+        """Map shapes from one dry run of the tower. Videos pool the map a frame's tokens come from down to
+        video_grid (to bound the tokens of many frames); with fine-grained fusion that is the mid map, and the
+        deepest map is pooled to half that grid, so the fusion upsamples it as it does for images (pooled to one
+        grid, the deepest map's upsampling would be the identity and the fusion nothing finer)."""
         tower, s = self.vision_tower, self.vision_tower.image_size
         was_training = tower.training
         tower.eval()  # a trainable tower's BatchNorm statistics must not see the probe
@@ -48,10 +51,12 @@ class SlowVisualSide:
             maps = tower(tower.preprocess(torch.zeros(1, s, s, 3, dtype=torch.uint8))).maps
         tower.train(was_training)
         shapes = [tuple(m.shape[1:]) for m in maps]
-        g = self.config.video_grid
-        pooled = [(c, min(h, g), min(w, g)) for c, h, w in shapes]
-        fine = self.config.fine_grained
-        return MapLayout(shapes[0] if fine else None, shapes[1]), MapLayout(pooled[0] if fine else None, pooled[1])
+        g, fine = self.config.video_grid, self.config.fine_grained
+        (mid_c, mid_h, mid_w), (deep_c, deep_h, deep_w) = shapes
+        deep_grid = max(1, g // 2) if fine else g
+        video = MapLayout((mid_c, min(mid_h, g), min(mid_w, g)) if fine else None,
+                          (deep_c, min(deep_h, deep_grid), min(deep_w, deep_grid)))
+        return MapLayout(shapes[0] if fine else None, shapes[1]), video
 
     def visual_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 images (B,H,W,3) -> (B,F) or videos (B,T,H,W,3) -> (B,T,F): the tower maps, flattened and packed."""

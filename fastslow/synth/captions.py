@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-COLOURS = ("red", "green", "blue", "yellow", "purple", "white")
-SHAPES = ("circle", "square", "triangle", "cross", "star")
+COLOURS = ("red", "green", "blue", "yellow", "purple", "white", "orange")
+SHAPES = ("circle", "square", "triangle", "cross", "star", "diamond")
 SIZES = ("small", "large")
 DIRECTIONS = ("up", "down", "left", "right")
 OPPOSITE = {"up": "down", "down": "up", "left": "right", "right": "left"}

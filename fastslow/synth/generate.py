@@ -70,6 +70,28 @@ class SynthConfig:
                 raise FastslowError(f"synth: twin kinds {bad} not allowed; choose distinct ones of {list(known)}")
 
 
+# Shares of the scene types (group keys) that only the test and only the validation split draw from; training
+# and the uncaptioned images draw from the rest. A test scene's combination (which colour with which shape,
+# where, doing what) is never seen in training, while every word is.
+HELD_OUT = {"test": 1 / 3, "val": 1 / 6}
+
+
+def split_keys(keys: list[tuple], seed: int, media: str) -> dict[str, list[tuple]]:
+    """The group keys each split draws from: disjoint between test, val and train (uncaptioned: train's)."""
+    order = np.random.default_rng([seed, 0 if media == "image" else 1, 99]).permutation(len(keys))
+    n_test, n_val = int(len(keys) * HELD_OUT["test"]), int(len(keys) * HELD_OUT["val"])
+    train = [keys[i] for i in order[n_test + n_val :]]
+    return {"test": [keys[i] for i in order[:n_test]], "val": [keys[i] for i in order[n_test : n_test + n_val]],
+            "train": train, UNCAPTIONED: train}
+
+
+def caption_overlap(items: list[dict]) -> float:
+    """The share of test captions found word for word among the training captions (0 when compositional)."""
+    train = {c for it in items if it["split"] == "train" for c in it["captions"]}
+    test = [c for it in items if it["split"] == "test" for c in it["captions"]]
+    return round(sum(c in train for c in test) / len(test), 4) if test else 0.0
+
+
 def _plan(cfg: SynthConfig, media: str) -> list[dict]:
     """Every item of one medium, split by split, group by group; all randomness is drawn here, sequentially."""
     if media == "image":
@@ -80,13 +102,15 @@ def _plan(cfg: SynthConfig, media: str) -> list[dict]:
         splits = dict(zip(SPLITS, (cfg.n_train_videos, cfg.n_val_videos, cfg.n_test_videos)))
         kinds, keys = ("original", *cfg.video_twins), motion.group_keys()
         n_slots = cap.MAX_VIDEO_CAPTIONS
+    keys_of = split_keys(keys, cfg.seed, media)
     items, group = [], 0
     # The uncaptioned images come last, with their own stream: the other splits stay as they were without them.
     for split_index, (split, n) in enumerate(splits.items()):
         # One stream per (medium, split): a split's first groups stay the same when its size changes.
         rng = np.random.default_rng([cfg.seed, 0 if media == "image" else 1, split_index])
-        # Keys are used without repetition until exhausted, so no two groups of a
-        # split share a caption (up to len(keys) groups per split).
+        # A split's keys are used without repetition until exhausted, so no two groups of a split share a
+        # caption (up to its number of keys: 210 test groups of images, 315 of videos).
+        keys = keys_of[split]
         order = rng.permutation(len(keys))
         for g in range(math.ceil(n / len(kinds))):
             key = keys[order[g % len(keys)]]
@@ -220,6 +244,7 @@ def _write_record(cfg: SynthConfig, out_dir: str, summary: dict, videos: list[di
         "config": asdict(cfg),
         "images": summary["images"],
         "videos": summary["videos"],
+        "test_captions_seen_in_train": summary["test_captions_seen_in_train"],
         "video_codec": motion.video_codec() if videos else None,
         "vocabulary": sorted(cap.vocabulary()),
     }
@@ -249,6 +274,7 @@ def write_dataset(cfg: SynthConfig, out_dir: str, progress: bool = True, workers
     if videos:
         summary["files"]["videos"] = _write_videos(videos, cfg, out_dir, progress, workers)
     _count(summary, images, videos, uncaptioned)
+    summary["test_captions_seen_in_train"] = {"images": caption_overlap(images), "videos": caption_overlap(videos)}
     summary["files"]["synth"] = _write_record(cfg, out_dir, summary, videos)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary

@@ -16,14 +16,12 @@ from fastslow.synth.scenes import BOUND, RGB, background, draw_shape
 
 DIAMETER = 0.24  # fraction of the frame side
 VIDEO_TWINS = ("time_reverse", "colour_swap", "direction_swap")
-# (kind of event 1, kind of event 2); the object of event 1 differs from that of event 2.
-PATTERNS = (
-    ("move", "move"),
-    ("move", "move"),
-    ("move", "appear"),
-    ("appear", "move"),
-    ("move", "disappear"),
-    ("disappear", "move"),
+# (kind of event 1, kind of event 2); the object of event 1 differs from that of event 2. A family holds a
+# pattern and its time reversal (a twin of the same group), so a group's captions keep to one family.
+PATTERN_FAMILIES = (
+    (("move", "move"),),
+    (("move", "appear"), ("disappear", "move")),
+    (("appear", "move"), ("move", "disappear")),
 )
 STEP = {"up": (0.0, -1.0), "down": (0.0, 1.0), "left": (-1.0, 0.0), "right": (1.0, 0.0)}
 
@@ -66,10 +64,10 @@ class Clip:
 
 
 def group_keys() -> list[tuple]:
-    """Every distinct group identity: (colour pair, shape pair)."""
-    return list(
-        itertools.product(itertools.combinations(cap.COLOURS, 2), itertools.combinations(cap.SHAPES, 2))
-    )
+    """Every distinct group identity: (colour pair, shape pair, pattern family); groups sharing a key could
+    share captions."""
+    return list(itertools.product(itertools.combinations(cap.COLOURS, 2), itertools.combinations(cap.SHAPES, 2),
+                                  range(len(PATTERN_FAMILIES))))
 
 
 def _seg_dist(p, q, r, s) -> float:
@@ -93,10 +91,10 @@ def _seg_dist(p, q, r, s) -> float:
 
 def sample_clip(rng: np.random.Generator, key: tuple) -> Clip:
     """An original clip for a group key: two distinct objects, one event each, paths kept apart."""
-    colours, shapes = key
+    colours, shapes, family = key
     colours = list(colours) if rng.random() < 0.5 else list(colours)[::-1]
     shapes = list(shapes) if rng.random() < 0.5 else list(shapes)[::-1]
-    kinds = PATTERNS[int(rng.integers(len(PATTERNS)))]
+    kinds = PATTERN_FAMILIES[family][int(rng.integers(len(PATTERN_FAMILIES[family])))]
     r = BOUND * DIAMETER
     lo, hi, gap = r + 0.01, 1 - r - 0.01, 0.03
     while True:

@@ -18,6 +18,7 @@ RGB = {
     "yellow": (240, 215, 35),
     "purple": (150, 55, 195),
     "white": (240, 240, 240),
+    "orange": (245, 135, 30),
 }
 DIAMETER = {"small": 0.16, "large": 0.32}  # fraction of the image side
 BOUND = 0.58  # every shape fits in a circle of radius BOUND * diameter
@@ -161,6 +162,9 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, d: f
         R = 1.12 * r  # equilateral, centroid at the centre, pointing up
         pts = [(cx + R * math.sin(t), cy - R * math.cos(t)) for t in (0, 2 * math.pi / 3, 4 * math.pi / 3)]
         draw.polygon(pts, fill=fill)
+    elif shape == "diamond":
+        R = 1.05 * r  # a square standing on a corner
+        draw.polygon([(cx, cy - R), (cx + R, cy), (cx, cy + R), (cx - R, cy)], fill=fill)
     elif shape == "cross":
         w = 0.36 * r
         draw.rectangle([cx - r, cy - w, cx + r, cy + w], fill=fill)

@@ -80,6 +80,16 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
             p.grad = part.clone()
 
 
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW's groups as open_clip makes them: weight decay on weight matrices and embeddings (2-D and up) only;
+    gains, biases and the logit scale are not pulled towards 0."""
+    decay, keep = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (keep if p.ndim < 2 or name.endswith("logit_scale") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+
+
 def fit(model: torch.nn.Module, batches: Batches, cfg, loss_fn: Callable, progress: bool = True,
         desc: str = "training", resume: TrainState | None = None, steps_per_epoch: int | None = None,
         on_step: Callable[[dict, Callable[[], TrainState]], None] | None = None) -> list[dict]:
@@ -87,11 +97,13 @@ def fit(model: torch.nn.Module, batches: Batches, cfg, loss_fn: Callable, progre
 
     `cfg` has epochs, lr, weight_decay, warmup_steps, seed and optionally grad_clip. `steps_per_epoch`
     overrides the batch source's (distributed workers must agree on it). `on_step(record, state)` runs
-    after every step; `state()` gives the TrainState to checkpoint.
+    after every step; `state()` gives the TrainState to checkpoint. A model's `after_optimizer_step()`, if it
+    has one, runs after each optimiser step (Fast clamps its logit scale there).
     """
     torch.manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr)
+    after_step = getattr(model, "after_optimizer_step", None)
     per_epoch = steps_per_epoch or batches.steps_per_epoch()
     total = cfg.epochs * per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, cfg.warmup_steps))
@@ -127,6 +139,8 @@ def fit(model: torch.nn.Module, batches: Batches, cfg, loss_fn: Callable, progre
             if grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, grad_clip)
             optimizer.step()
+            if after_step is not None:
+                after_step()
             scheduler.step()
             step += 1
             _, world = distributed_world()
