@@ -69,6 +69,39 @@ def test_score_is_float64_mean_of_directions():
         assert torch.equal(model.score(tokens, TEXTS), r2l)
 
 
+@pytest.mark.parametrize("direction", ["l2r", "r2l"])
+def test_no_token_sees_the_tokens_it_has_yet_to_predict(direction):
+    """Change input token j + 1: the log-probabilities of targets 0..j stay exactly as they were, in both directions."""
+    torch.manual_seed(0)
+    model = SlowModel(tiny_slow()).eval()
+    with torch.no_grad():
+        kv = model.memory_kv(model.visual_tokens(model.visual_features(pixels(1, 32, 32))))
+        inp, tgt = model.text_inputs(["a red circle"], direction)
+        base = model.token_log_probs(model.decode(inp, kv, direction), tgt)
+        for j in range(inp.shape[1] - 1):
+            changed = inp.clone()
+            changed[0, j + 1] = 4 + (int(changed[0, j + 1]) - 4 + 7) % (model.vocab_size - 4)
+            lp = model.token_log_probs(model.decode(changed, kv, direction), tgt)
+            assert torch.equal(lp[0, : j + 1], base[0, : j + 1]), j
+            assert not torch.equal(lp[0, j + 1 :], base[0, j + 1 :]), j  # the change is seen from there on
+
+
+def test_the_score_is_a_plain_log_softmax_of_the_decoder_logits():
+    """Independent of token_log_probs: a float64 log_softmax over the head's logits, gathered at each target."""
+    torch.manual_seed(0)
+    model = SlowModel(tiny_slow()).eval()
+    with torch.no_grad():
+        tokens = model.visual_tokens(model.visual_features(pixels(4, 32, 32)))
+        kv = model.memory_kv(tokens)
+        expected = 0
+        for direction in ("l2r", "r2l"):
+            inp, tgt = model.text_inputs(TEXTS, direction)
+            logits = model.head(model.out_norm(model.decode(inp, kv, direction))).double()
+            lp = torch.log_softmax(logits, dim=-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+            expected = expected + (lp * (tgt != 0)).sum(1) / 2
+        torch.testing.assert_close(model.score(tokens, TEXTS), expected, rtol=1e-9, atol=1e-5)
+
+
 def test_padding_does_not_change_a_caption_likelihood():
     torch.manual_seed(0)
     model = SlowModel(tiny_slow()).eval()

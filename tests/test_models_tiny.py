@@ -45,7 +45,8 @@ def test_embeddings_unit_norm_and_temperature():
     torch.testing.assert_close(t.norm(dim=-1), torch.ones(3))
     assert model.temperature == pytest.approx(0.07, rel=1e-5)
     with torch.no_grad():
-        model.logit_scale.fill_(10.0)  # clamped at log(100)
+        model.logit_scale.fill_(10.0)
+    model.after_optimizer_step()  # what the training loop does after each step: clamped at log(100)
     assert model.temperature == pytest.approx(0.01, rel=1e-5)
 
 
