@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from benchmarks.gpu_timing import autocast, precisions, sig, timed
 from fastslow.log import get_logger
 
@@ -96,4 +98,20 @@ def bench_slow(device, queries: int, ks: list[int], warmup: int, iters: int) -> 
                          "single_query_ms": sig(1000 * one)})
             log.info("slow: %s", rows[-1])
     return {"queries": queries, "ks": list(ks), "items": items, "feature_dtype": str(features.dtype).split(".")[-1],
-            "output_vocab": len(model.config.output_vocab), "rows": rows}
+            "output_vocab": len(model.config.output_vocab), "rows": rows,
+            "max_abs_diff_vs_pairwise": _pairwise_check(model, features, texts, device)}
+
+
+def _pairwise_check(model, features, texts: list[str], device) -> float:
+    """The largest gap (nats) between the timed batched scorer in fp32 and the model's plain forward pass,
+    one (query, item) pair at a time, on a few pairs: the figures time a scorer that gives the model's scores."""
+    import torch
+
+    from fastslow.inference.slow_scores import slow_score_matrix
+
+    cand = torch.arange(6).view(2, 3)
+    batched = slow_score_matrix(model, features, texts[:2], cand)
+    with torch.inference_mode():
+        tokens = model.visual_tokens(features[:6].to(device))
+        plain = [[model.score(tokens[j : j + 1], [texts[q]]).item() for j in row.tolist()] for q, row in enumerate(cand)]
+    return float(abs(batched - np.asarray(plain)).max())

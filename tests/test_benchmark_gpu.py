@@ -27,7 +27,7 @@ def positive(x) -> bool:
 
 
 @pytest.mark.integration  # its fixture runs python -m benchmarks.gpu
-def test_every_section_with_positive_figures(result):
+def test_every_section_with_consistent_figures(result):
     r, markdown = result
     assert r["device"] == "cpu" and r["device_name"] and r["torch"] == torch.__version__ and r["quick"]
     assert r["ray_imported"] is False  # the whole run, models included, without Ray
@@ -38,6 +38,13 @@ def test_every_section_with_positive_figures(result):
     assert slow["ks"] == [20, 50, 100] and [(x["k"], x["precision"]) for x in slow["rows"]] == [
         (20, "fp32"), (50, "fp32"), (100, "fp32")]
     assert all(positive(x[f]) for x in slow["rows"] for f in ("pairs_per_s", "ms_per_query", "single_query_ms"))
+    # The figures agree with each other (one timing, three units) and time a scorer that gives the model's scores.
+    for x in slow["rows"]:
+        assert x["pairs_per_s"] * x["ms_per_query"] / 1000 == pytest.approx(x["k"], rel=0.01), x
+        assert x["ms_per_query"] * slow["queries"] == pytest.approx(x["ms_per_batch"], rel=0.01), x
+    assert slow["max_abs_diff_vs_pairwise"] < 1e-3
+    assert all(x["images_per_s"] * x["ms_per_batch"] / 1000 == pytest.approx(r["embedding"]["batch"], rel=0.01)
+               for x in emb)
     search = r["exact_search"]
     assert search["vectors"] == VECTORS and search["dim"] == 256 and search["topk"] == 10
     assert [x["dtype"] for x in search["rows"]] == ["float32"] and search["rows"][0]["chunk"] == 8192
