@@ -24,6 +24,10 @@ from fastslow.models.checkpoint import load_checkpoint, save_checkpoint
 
 log = get_logger(__name__)
 
+# Part of every key: raised when the training code changes what a config and its data train (2: seeded initial
+# weights, duplicate captions out of the negatives, the clamped logit scale, per-token teacher captions).
+TRAINING_CODE = 2
+
 
 def split_fingerprint(split: LoadedSplit, ids: bool = True) -> str:
     """sha256 of a split's ids (unless `ids` is False: names that training never sees), captions and pixels."""
@@ -40,7 +44,7 @@ class ModelCache:
 
     def key(self, name: str, depends: dict) -> str:
         """The model's key: the cache's shared parts, its name and the configs (reprs) it depends on."""
-        parts = {**self.key_parts, "model": name, "depends": depends}
+        parts = {**self.key_parts, "training_code": TRAINING_CODE, "model": name, "depends": depends}
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=repr).encode()).hexdigest()[:16]
 
     def model(self, name: str, train: Callable[[], torch.nn.Module],
