@@ -15,7 +15,8 @@ from fastslow.errors import FastslowError
 from fastslow.synth import SynthConfig, generate, write_dataset
 from fastslow.synth import captions as cap
 from fastslow.synth import motion, scenes
-from fastslow.synth.generate import _plan, caption_overlap, split_keys
+from fastslow.synth.generate import _plan
+from fastslow.synth.splits import caption_overlap, split_keys
 from fastslow.synth.motion import read_mp4
 from fastslow.synth.scenes import RGB
 
