@@ -13,7 +13,6 @@ import sys
 
 
 from apps.cli_parser import LOCAL_RAY, SERVE_CONFIG, build_parser  # noqa: F401  (SERVE_CONFIG: the serve default)
-from fastslow.env import apply_local_safety_env
 from fastslow.errors import FastslowError
 
 
@@ -149,7 +148,6 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """The `fastslow` command; `prog` names it in error lines (the `python -m jobs.X` aliases pass theirs)."""
-    apply_local_safety_env()
     args = _parse(build_parser(), argv)
     from fastslow.log import get_logger, setup_logging
 

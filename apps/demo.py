@@ -171,8 +171,10 @@ def run_demo(workdir: str, size: str = "demo", port: int = DEFAULT_PORT, seed: i
              exit_when_ready: bool = False, say=print) -> dict:
     """Set everything up, serve, and (unless `exit_when_ready`) keep serving until Ctrl-C."""
     from cluster.connect import connect, free_port
+    from fastslow.env import apply_local_safety_env
     from serve_app.launch import start_app, stop_serving, wait_until_interrupted
 
+    apply_local_safety_env()  # the demo is local only: its own Ray, offline, on 127.0.0.1
     demo = Demo(workdir, size, seed, progress, say)
     started = time.time()
     corpus = demo.synth()

@@ -1,9 +1,9 @@
 """Joining the Ray cluster a job runs on, or starting a local one: the one place entry points call `ray.init`.
 
 Address: `--address`, else RAY_ADDRESS (set by `ray job submit` for the job's driver), else a
-local Ray started for this process. The loopback/offline settings are applied first (a local
-Ray's workers inherit them; a cluster's workers have those its nodes were started with), and
-the S3 endpoint and offline settings of this process are passed to every worker.
+local Ray started for this process. The loopback/offline settings are applied only before a local
+Ray starts (its workers inherit them; a cluster's driver and workers keep the environment their
+nodes were started with), and the S3 endpoint and offline settings of this process are passed to every worker.
 """
 
 from __future__ import annotations
@@ -51,12 +51,15 @@ def connect(address: str | None = None, num_cpus: int | None = None, dashboard_p
     `dashboard_port`: a local Ray also runs its dashboard there, on 127.0.0.1 (Serve deploys through it).
     `log_to_driver=False` keeps the workers' logs in their files (Serve replicas log every request).
     """
-    apply_local_safety_env()
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if not address:
+        # Only for a Ray started here: a cluster's driver, workers and replicas keep their own environment
+        # (the dead proxy would block instance-profile credentials there; see RAY_NOTES, "On a real cluster").
+        apply_local_safety_env()
     import ray
 
     if ray.is_initialized():
         return "already connected"
-    address = address or os.environ.get("RAY_ADDRESS") or None
     runtime_env = {"env_vars": worker_env()}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=log_to_driver)

@@ -123,9 +123,6 @@ def train_loop_per_worker(config: dict) -> None:
     """Ray Train's per-worker function: shard -> LoadedSplit -> prepare_training -> fit; a report per checkpoint."""
     import ray.train
 
-    from fastslow.env import apply_local_safety_env
-
-    apply_local_safety_env()
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per report: our progress lines say it
     kind = config["kind"]
     ctx = ray.train.get_context()

@@ -77,11 +77,9 @@ class PartitionEmbedder:
 
     def __init__(self, checkpoint: str, batch_size: int = 64):
         from fastslow.devices import best_device
-        from fastslow.env import apply_local_safety_env
         from fastslow.models.checkpoint import load_model
         from fastslow.models.fast import FastModel
 
-        apply_local_safety_env()
         self.device = best_device()
         self.model = load_model(checkpoint, FastModel).eval().to(self.device)
         self.batch_size = batch_size
