@@ -105,7 +105,7 @@ class SlowTextSide:
     def scored_token_counts(self, texts: list[str]) -> torch.Tensor:
         """(B,) how many target tokens enter each text's score in either direction: its known tokens as the
         decoder reads them (truncated to max_length - 1), plus EOS."""
-        return torch.tensor([min(len(s), self.config.max_length - 1) + 1 for s in self.token_ids(texts)])
+        return (self.text_inputs(texts, "l2r")[1] != PAD).sum(dim=1).cpu()  # the targets the score sums over
 
     def text_inputs(self, texts: list[str], direction: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoder inputs and targets (B, L), compact ids: inputs BOS + tokens, targets tokens + EOS, then PAD."""
