@@ -15,7 +15,7 @@ import json
 import numpy as np
 
 from fastslow.data.decode import DecodeConfig
-from fastslow.index.partition import PartitionEmbedder, decode_partition, write_partition
+from fastslow.index.partition import PartitionEmbedder, decode_entry, write_partition
 
 
 def _npy(a: np.ndarray | None) -> bytes:
@@ -30,16 +30,17 @@ def _array(blob: bytes) -> np.ndarray | None:
     return np.load(io.BytesIO(blob), allow_pickle=False) if blob else None
 
 
-def decode_stage(batch: dict, cfg: DecodeConfig) -> dict:
-    """map_batches (batch_size=1): a partition's items -> stacked pixels of the decodable ones, and the rest as errors."""
-    out = {"partition": [], "items": [], "errors": [], "pixels": []}
-    for partition, items_json in zip(batch["partition"], batch["items"]):
-        decoded = decode_partition(int(partition), json.loads(items_json), cfg)
-        out["partition"].append(decoded.partition)
-        out["items"].append(json.dumps(decoded.items))
-        out["errors"].append(json.dumps(decoded.errors))
-        out["pixels"].append(_npy(decoded.pixels))
-    return {k: np.array(v, dtype=object) if k != "partition" else np.array(v) for k, v in out.items()}
+def decode_stage(batch: dict, cfg: DecodeConfig):
+    """map_batches (batch_size=1), a generator: a partition's items -> stacked pixels of the decodable ones, and
+    the rest as errors; a shard partition (streamed here, in the task) one chunk at a time, so a big shard never
+    sits in memory whole."""
+    for partition, entry_json in zip(batch["partition"], batch["items"]):
+        for decoded in decode_entry(int(partition), json.loads(entry_json), cfg):
+            yield {"partition": np.array([decoded.partition]), "chunk": np.array([decoded.chunk]),
+                   "chunks": np.array([decoded.chunks]),
+                   "items": np.array([json.dumps(decoded.items)], dtype=object),
+                   "errors": np.array([json.dumps(decoded.errors)], dtype=object),
+                   "pixels": np.array([_npy(decoded.pixels)], dtype=object)}
 
 
 class FastEmbedder:
@@ -51,18 +52,19 @@ class FastEmbedder:
     def __call__(self, batch: dict) -> dict:
         embeddings = [_npy(self.embedder.embed(pixels)) if (pixels := _array(blob)) is not None else b""
                       for blob in batch["pixels"]]
-        return {"partition": batch["partition"], "items": batch["items"], "errors": batch["errors"],
-                "embeddings": np.array(embeddings, dtype=object)}
+        return {"partition": batch["partition"], "chunk": batch["chunk"], "chunks": batch["chunks"],
+                "items": batch["items"], "errors": batch["errors"], "embeddings": np.array(embeddings, dtype=object)}
 
 
 def write_stage(batch: dict, build_dir: str) -> dict:
     """map_batches (batch_size=1): write the partition's errors, then its embeddings (the file that marks it done)."""
-    counts = {"partition": [], "indexed": [], "errors": []}
-    for partition, items_json, errors_json, blob in zip(batch["partition"], batch["items"], batch["errors"],
-                                                        batch["embeddings"]):
+    counts = {"partition": [], "indexed": [], "errors": [], "chunk": [], "chunks": []}
+    for partition, chunk, chunks, items_json, errors_json, blob in zip(
+            batch["partition"], batch["chunk"], batch["chunks"], batch["items"], batch["errors"], batch["embeddings"]):
         vectors = _array(blob)
         done = write_partition(build_dir, int(partition), json.loads(items_json), json.loads(errors_json),
-                               vectors if vectors is not None else np.zeros((0, 0), np.float32))
+                               vectors if vectors is not None else np.zeros((0, 0), np.float32), int(chunk),
+                               int(chunks))
         for k, column in counts.items():
             column.append(done[k])
     return {k: np.array(v) for k, v in counts.items()}

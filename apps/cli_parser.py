@@ -20,7 +20,8 @@ LOCAL_RAY = "local"  # --address local: run as a Ray job, on RAY_ADDRESS (as und
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="dataset: a Karpathy/VATEX JSON, a folder of them, tar shards, or a CSV/JSONL/Parquet "
                                   "manifest; local path or s3://")
-    p.add_argument("--format", default=None, help="karpathy, vatex, webdataset, manifest, or auto (default: auto)")
+    p.add_argument("--format", default=None, help="karpathy, vatex, webdataset, img2dataset_parquet, manifest, folder, "
+                                                  "or auto (default: auto)")
     p.add_argument("--media-root", default=None, help="folder or s3:// prefix holding the images/videos "
                                                       "(default: beside the annotations)")
     p.add_argument("--media", choices=["image", "video"], default=None, help="use only this media type")
@@ -52,7 +53,11 @@ def _train_parser(sub, common: argparse.ArgumentParser) -> None:
     """The `train` command's parser."""
     p = sub.add_parser("train", parents=[common], help="train a model (here, or as a Ray Train job with --address)",
                        description="Train a model in this process, or on a Ray cluster with --address. Settings come "
-                                   "from --config (YAML) with KEY=VALUE overrides, e.g. train.epochs=5 model.vision.kind=tiny_cnn.")
+                                   "from --config (YAML) with KEY=VALUE overrides, e.g. train.epochs=5 model.vision.kind=tiny_cnn.",
+                       epilog="Splits: data.train_split (default train) and data.val_split (default val; null: no "
+                              "validation) name the dataset's splits. A dataset with none (tar shards, a folder, a "
+                              "manifest without a split column) trains on every item but a validation share "
+                              "data.val_fraction (default 0.05) held out by a hash of the id.")
     p.add_argument("model", choices=["fast", "slow", "distill"],
                    help="fast: the dual encoder; slow: the cross-attention captioner; distill: a Fast student "
                         "taught by a Slow checkpoint (teacher=PATH)")

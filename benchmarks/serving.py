@@ -75,7 +75,7 @@ def embed_queries_split(root: Path, fast_ckpt: str, data: Path):
     build = IndexBuild.prepare(cfg)
     for p in build.pending():
         build.run_partition(p)
-    ids, vectors, metadata, errors = build.collect()
+    ids, vectors, metadata, errors, _ = build.collect()
     if errors:
         log.warning("%d items of the %s split not indexed, e.g. %s", len(errors), QUERY_SPLIT, errors[0])
     captions = {r["id"]: r["captions"] for r in build.rows}

@@ -35,7 +35,8 @@ class Searcher:
 
     def search(self, query: str, k: int = SearchRequest.k, rerank: bool | None = None,
                rerank_k: int = SearchRequest.rerank_k) -> dict:
-        """The answer to `query`: `results` (id, uri, media, caption, fast_score, slow_score, rank), timings.
+        """The answer to `query`: `results` (id, location, media, caption, metadata, fast_score, slow_score, rank),
+        timings.
         Re-ranked by Slow when a Slow checkpoint was given, unless `rerank=False`."""
         if rerank is None:
             rerank = self.pipeline.reranker is not None

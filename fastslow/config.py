@@ -123,6 +123,9 @@ class IndexRunConfig:
     root: str = "runs/index"  # holds versions/, builds/ and the CURRENT pointer (local or s3://)
     version: str = ""  # default: derived from the model, the items and these settings
     embed: EmbedJobConfig = field(default_factory=EmbedJobConfig)
+    # Fields of each item's metadata (img2dataset's .json) left out of the index and its answers: exif is a
+    # JSON text of its own, often kilobytes. [] keeps everything.
+    metadata_drop: list[str] = field(default_factory=lambda: ["exif"])
 
 
 def apply_override(tree: dict, override: str) -> None:

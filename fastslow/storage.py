@@ -174,6 +174,24 @@ def _list_s3(prefix_uri: str, sfx: tuple[str, ...] | None, recursive: bool) -> l
     return sorted(out)
 
 
+def read_range(uri: str, offset: int, size: int) -> bytes:
+    """`size` bytes of `uri` from byte `offset` (an S3 ranged GET; a seek locally): one member of a big file
+    without reading the rest. Fewer bytes come back only where the file ends first."""
+    if size <= 0:
+        return b""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        with _s3_errors(uri):
+            body = s3_client().get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + size - 1}")["Body"]
+            return body.read()
+    try:
+        with open(uri, "rb") as f:
+            f.seek(offset)
+            return f.read(size)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise _missing_local(uri) from None
+
+
 def open_read(uri: str) -> IO[bytes]:
     """A binary file-like to read from (for S3 the streaming body, so big objects are never held whole)."""
     if is_s3(uri):

@@ -28,6 +28,7 @@ def _run_pipeline(build: IndexBuild, pending: list[int]) -> None:
 
     from actors.index_stages import FastEmbedder, decode_stage, write_stage
     from cluster.resources import actor_options, gpus_per_actor
+    from fastslow.index.shard_partition import ChunkTracker
 
     cfg = build.cfg
     # A task's own exception, not Ray Data's UserCodeException (whose cause does not survive the trip back).
@@ -41,9 +42,11 @@ def _run_pipeline(build: IndexBuild, pending: list[int]) -> None:
                         fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "batch_size": cfg.embed.batch_size},
                         compute=ray.data.ActorPoolStrategy(size=cfg.embed.concurrency))
     ds = ds.map_batches(write_stage, batch_size=1, fn_kwargs={"build_dir": build.build_dir})
+    tracker = ChunkTracker(build.build_dir)  # a shard partition is done once all its chunks are written
     try:
-        for _ in ds.iter_batches(batch_size=None):
-            pass
+        for batch in ds.iter_batches(batch_size=None):
+            for partition, chunk, chunks in zip(batch["partition"], batch["chunk"], batch["chunks"]):
+                tracker.written(int(partition), int(chunk), int(chunks))
     except Exception as e:
         # A user's error (an unreachable store, a bad checkpoint) raised in a Ray Data task arrives wrapped in
         # Ray's exceptions and their remote tracebacks: give its one line, and say the work done is kept.

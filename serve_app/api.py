@@ -21,9 +21,12 @@ class SearchBody(BaseModel):
 class Hit(BaseModel):
     rank: int
     id: str
-    uri: str
+    location: str = Field(description="the item's reference in its collection: its original url where the "
+                                      "collection has one, else its path (or shard#member) under the collection")
     media: str | None
     caption: str | None
+    metadata: dict = Field(description="the item's metadata as the collection gave it (img2dataset's .json "
+                                       "fields: url, width, height, sha256, ...), less those the index leaves out")
     fast_score: float
     slow_score: float | None = Field(description="null when not re-ranked")
     shard: int

@@ -38,7 +38,7 @@ def format_answer(answer: dict) -> str:
     for hit in answer["results"]:
         slow = "-" if hit.get("slow_score") is None else f"{hit['slow_score']:.2f}"
         lines.append(f"{hit['rank']:>3}  {hit['fast_score']:>7.3f}  {slow:>8}  {str(hit['id'])[:16]:<16} "
-                     f"{hit.get('caption') or hit.get('uri', '')}")
+                     f"{hit.get('caption') or hit.get('location', '')}")
     order = "re-ranked by Slow" if answer.get("reranked") else "Fast order"
     if answer.get("degraded"):
         order += f" (degraded: {answer.get('degraded_reason')})"

@@ -16,6 +16,7 @@ from collections import OrderedDict
 
 from fastslow import storage
 from fastslow.data.decode import decode_video, media_from_extension
+from fastslow.data.members import member_uri, read_member, split_member
 from fastslow.errors import DecodeError, FastslowError
 
 # Image formats served byte for byte; anything else PIL reads is re-encoded as PNG.
@@ -102,28 +103,30 @@ class MediaReader:
     def get(self, item: dict, root: str | None) -> tuple[bytes, str]:
         """(bytes, content type) of `item`'s ({uri, media}) media; MediaRefused when it is not served."""
         uri = item.get("uri") or ""
+        inside = split_member(uri)  # a member of a shard file (tar, Parquet): the shard must be in the collection
+        container, member = inside if inside is not None else (uri, None)
         if not root:
             raise MediaRefused("the index version records no collection root (rebuild it to serve media)")
-        if storage.is_s3(uri) != storage.is_s3(root):
+        if storage.is_s3(container) != storage.is_s3(root):
             raise MediaRefused("outside the collection")
-        if storage.is_s3(uri):
-            where = s3_uri_inside(uri, root)
-            key: tuple = (where,)
+        if storage.is_s3(container):
+            where = s3_uri_inside(container, root)
+            key: tuple = (where, member)
         else:
-            where = local_path_inside(uri, root)
+            where = local_path_inside(container, root)
             try:
                 info = os.stat(where)
             except OSError:
                 raise MediaRefused("missing file") from None
             if not stat.S_ISREG(info.st_mode):  # checked before open(): opening a FIFO would block
                 raise MediaRefused("not a file")
-            key = (where, info.st_mtime_ns, info.st_size)  # a rewritten file is not answered from the cache
+            key = (where, member, info.st_mtime_ns, info.st_size)  # a rewritten file is not answered from the cache
         with self.lock:
             if key in self.cache:
                 self.cache.move_to_end(key)
                 return self.cache[key]
-        media = item.get("media") or media_from_extension(uri)
-        data = self._read(where)
+        media = item.get("media") or media_from_extension(member or uri)
+        data = self._read(where) if member is None else self._read_member(where, member, item)
         if media == "video":
             answer = poster_frame(data, self.poster_size), "image/jpeg"
         elif media == "image":
@@ -137,6 +140,19 @@ class MediaReader:
             while len(self.cache) > self.capacity:
                 self.cache.popitem(last=False)
         return answer
+
+    @staticmethod
+    def _read_member(container: str, member: str, item: dict) -> bytes:
+        """A shard member's bytes: one ranged read of its recorded byte range (never the whole shard)."""
+        size = item.get("size")
+        if size is not None and size > MAX_MEDIA_BYTES:
+            raise MediaRefused(f"file too large ({size} bytes)")
+        try:
+            return read_member(member_uri(container, member), item.get("offset"), size)
+        except DecodeError as e:
+            raise MediaRefused(str(e)) from None
+        except FastslowError as e:
+            raise MediaRefused("missing file" if isinstance(e, storage.MissingFileError) else "unreadable") from None
 
     @staticmethod
     def _read(where: str) -> bytes:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import fastslow
+from fastslow.index.publish import load_version
 from fastslow.config import IndexRunConfig, load_config
 from fastslow.index.build import build_index
 
@@ -68,7 +69,10 @@ def test_search_answers_like_the_pipeline_and_embeddings_are_unit_vectors(demo_l
     assert np.allclose(np.linalg.norm(texts, axis=1), 1, atol=1e-4)
     # The first Fast hit's score is the query vector against that item's embedded media.
     top = fast_only["results"][0]
-    item = fastslow.embed_media(fast, [top["uri"]])
+    assert not os.path.isabs(top["location"])  # answers name items within their collection, not server paths
+    uris = {r["id"]: r["uri"] for r in load_version(str(runs / "index")).metadata.to_pylist()}
+    assert uris[top["id"]].endswith("/" + top["location"])
+    item = fastslow.embed_media(fast, [uris[top["id"]]])
     assert np.isclose(float(texts[0] @ item[0]), top["fast_score"], atol=1e-4)
 
 

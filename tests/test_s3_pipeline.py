@@ -1,9 +1,13 @@
-"""The whole pipeline with every path on s3:// (a moto server on 127.0.0.1): train a tiny Fast and Slow, build
-the index, serve, query over HTTP. Run from an empty working directory, which must stay empty; the
-credentials never appear in anything the commands print."""
+"""The whole pipeline with every path on s3:// (a moto server on 127.0.0.1), on an img2dataset collection (the
+tiny synthetic images written as img2dataset writes its webdataset layout: tars with .parquet and _stats.json
+files beside them, no splits): train a tiny Fast and Slow on the shards with no split settings, index them by
+a brace pattern, serve, query over HTTP (hits carry the items' metadata and Slow's scores, /media answers a
+member's exact bytes), and show the results' images on the search page. Run from an empty working directory,
+which must stay empty; the credentials never appear in anything the commands print."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -17,8 +21,10 @@ from cluster.connect import free_port
 from fastslow import storage
 from apps.demo import load_plan
 from serve_app.launch import get_json, wait_ready
+from synth_shards import synth_as_webdataset
 
 SECRET = "fastslow-test-secret-DO-NOT-PRINT"
+SHARDS = 4
 
 
 def run(args: list[str], cwd, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -50,13 +56,14 @@ def s3_pipeline(moto_endpoint, tmp_path_factory):
     tiny = load_plan("tiny")
     run(["synth", "--out", str(local / "synth"), "--size", "tiny", "--no-progress",
          *tiny.synth["overrides"]], workdir, env)
-    uploaded = upload_tree(local / "synth" / "images", f"{bucket}/data/images")
-    data, runs = f"{bucket}/data/images", f"{bucket}/runs"
+    written = synth_as_webdataset(str(local / "synth" / "images"), str(local / "shards"), SHARDS)
+    uploaded = upload_tree(local / "shards", f"{bucket}/data/shards")
+    data, runs = f"{bucket}/data/shards", f"{bucket}/runs"
     run(["train", "fast", "--data", data, "--out", f"{runs}/fast", "--no-progress", *tiny.fast["overrides"]],
         workdir, env)
     run(["train", "slow", "--data", data, "--out", f"{runs}/slow", "--no-progress", *tiny.slow["overrides"]],
         workdir, env)
-    built = run(["index", "--data", data, "--checkpoint", f"{runs}/fast/checkpoint", "--root", f"{bucket}/index",
+    built = run(["index", "--data", f"{data}/{{00000..{SHARDS - 1:05d}}}.tar", "--checkpoint", f"{runs}/fast/checkpoint", "--root", f"{bucket}/index",
                  "index.shards=2", "embed.concurrency=1"], workdir, env)
     summary = json.loads(built.stdout[built.stdout.index("{"):])
     port = free_port()
@@ -68,7 +75,7 @@ def s3_pipeline(moto_endpoint, tmp_path_factory):
     try:
         wait_ready(url, timeout=300)
         yield {"bucket": bucket, "workdir": workdir, "url": url, "summary": summary, "uploaded": uploaded,
-               "serving": serving}
+               "serving": serving, "written": written}
     finally:
         serving.send_signal(2)
         output = serving.communicate(timeout=120)[0]
@@ -88,14 +95,19 @@ def test_queries_are_answered_from_s3(s3_pipeline):
     answer = _post(url, {"query": "a small red circle above a large blue square", "k": 5, "rerank": True,
                          "rerank_k": 10})
     assert len(answer["results"]) == 5 and answer["reranked"] and not answer["degraded"], answer
-    assert all(hit["uri"].startswith(s3_pipeline["bucket"] + "/data/images/") for hit in answer["results"])
-    assert all(hit["slow_score"] is not None for hit in answer["results"])  # Slow read the media from S3
+    written = s3_pipeline["written"]
+    for hit in answer["results"]:
+        # Each hit carries the collection's own reference and metadata (exif left out by default), not paths.
+        item = written[hit["id"]]
+        assert hit["location"] == hit["metadata"]["url"] == item["url"] and hit["caption"] == item["caption"]
+        assert hit["metadata"]["sha256"] == hashlib.sha256(item["jpeg"]).hexdigest() and "exif" not in hit["metadata"]
+        assert s3_pipeline["bucket"] not in json.dumps(hit)
+    assert all(hit["slow_score"] is not None for hit in answer["results"])  # Slow read the members from S3
     status, health = get_json(url + "/healthz")
     assert status == 200 and health["index_version"] == summary["version"]
-    with urllib.request.urlopen(f"{url}/media/{answer['results'][0]['id']}", timeout=30) as r:
-        image = r.read()
-    uri = answer["results"][0]["uri"]
-    assert image == storage.read_bytes(uri)  # the media route streams the object itself
+    for hit in answer["results"][:3]:
+        with urllib.request.urlopen(f"{url}/media/{hit['id']}", timeout=30) as r:
+            assert r.read() == written[hit["id"]]["jpeg"]  # the member's exact bytes, by a ranged read
 
 
 def test_everything_was_written_to_s3_and_nothing_locally(s3_pipeline):
@@ -107,6 +119,26 @@ def test_everything_was_written_to_s3_and_nothing_locally(s3_pipeline):
     assert storage.read_text(f"{bucket}/index/CURRENT").strip() == version
     assert f"index/versions/{version}/manifest.json" in keys
     assert sum(bool(re.fullmatch(rf"index/versions/{version}/shard-\d+\.faiss", k)) for k in keys) == 2
-    assert len([k for k in keys if k.startswith("data/images/")]) == s3_pipeline["uploaded"]
+    assert len([k for k in keys if k.startswith("data/shards/")]) == s3_pipeline["uploaded"] == 3 * SHARDS
     left = [os.path.join(root, f) for root, _, files in os.walk(workdir) for f in files]
     assert left == [], f"written under the working directory: {left[:10]}"
+
+
+def test_search_page_shows_the_shard_items_images_in_headless_chromium(s3_pipeline):
+    from browser import chromium, wait_for_tile_images
+
+    url, query = s3_pipeline["url"], "a large green circle"
+    with chromium() as browser:
+        from playwright.sync_api import expect
+
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url + "/")
+        page.fill("#query", query)
+        page.fill("#k", "6")
+        page.click("#search")
+        expect(page.locator(".tile img")).to_have_count(6, timeout=60_000)
+        wait_for_tile_images(page, 150)  # every tile's image shown: a tar member read from S3 by the media route
+        shown = page.locator(".tile").evaluate_all("ts => ts.map(t => t.getAttribute('data-id'))")
+        written = s3_pipeline["written"]
+        assert len(shown) == 6 and set(shown) <= set(written)
+        assert page.locator(".tile .location").all_inner_texts() == [written[i]["url"] for i in shown]

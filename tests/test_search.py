@@ -63,7 +63,8 @@ def test_lookup_finds_an_item_in_the_shard_that_holds_it_only(collection):
     shards = [ShardSearcher(collection["root"], s) for s in range(3)]
     for i in (0, 13, 29):
         found = [s.lookup(collection["ids"][i]) for s in shards]
-        assert [f for f in found if f] == [{"id": collection["ids"][i], "uri": collection["uris"][i], "media": "image"}]
+        assert [f for f in found if f] == [{"id": collection["ids"][i], "uri": collection["uris"][i], "media": "image",
+                                              "offset": None, "size": None}]
     for bad in ("item-30", "", "../item-01", collection["uris"][0]):
         assert all(s.lookup(bad) is None for s in shards)
 

@@ -130,11 +130,15 @@ def read_sample_bytes(sample: Sample) -> bytes:
     store is not (StorageUnavailableError: the item is fine, the run must stop and be resumed)."""
     if sample.data is not None:
         return sample.data
+    from fastslow.data.members import read_member, split_member
+
     try:
+        if split_member(sample.uri) is not None:
+            return read_member(sample.uri, sample.offset, sample.size)
         return storage.read_bytes(sample.uri)
     except storage.MissingFileError:
         raise DecodeError("missing file") from None
-    except StorageUnavailableError:
+    except (StorageUnavailableError, DecodeError):
         raise
     except FastslowError as e:
         raise DecodeError(f"unreadable ({str(e).removeprefix(sample.uri + ': ')})") from None

@@ -24,6 +24,15 @@ class DatasetReader(ABC):
     def samples(self, split: str | None, report: ReadReport) -> Iterator[Sample]:
         """Samples of `split` (None: all); malformed entries are skipped into `report`."""
 
+    def shards(self) -> list[str] | None:
+        """Formats whose items lie inside big shard files (tars, Parquet with media bytes): the shard URIs, each
+        read whole by one worker (`shard_samples`), never by the driver. None: items are listed up front."""
+        return None
+
+    def shard_samples(self, shard: str, report: ReadReport) -> Iterator[Sample]:
+        """The samples of one shard (of `shards()`), every item counted in `report`."""
+        raise NotImplementedError(f"{type(self).__name__} is not sharded")
+
     def splits(self) -> list[str]:
         """Split names of this dataset; empty when the format carries no split information."""
         return []
@@ -34,7 +43,9 @@ class DatasetReader(ABC):
             return
         known = self.splits()
         if not known:
-            raise FastslowError(f"{self.source}: has no split information; read it whole (split=None)")
+            raise FastslowError(f"{self.source}: has no split information, so split {split!r} cannot be read; "
+                                f"set it to null to read every item (data.train_split, data.val_split, "
+                                f"data.test_split, or --split)")
         if split not in known:
             raise FastslowError(f"{self.source}: no split {split!r}; splits: {', '.join(known)}")
 
@@ -177,6 +188,13 @@ def open_dataset(path: str, format: str = "auto", media_root: str | None = None)
     if format != "auto" and format not in FORMATS:
         raise FastslowError(f"{format!r}: unknown dataset format; known: auto, {', '.join(FORMATS)}")
     low = path.lower().rstrip("/")
+    from fastslow.data.members import expand_braces, has_braces
+
+    if has_braces(path):  # shard names as webdataset and img2dataset write them: a missing shard is reported
+        shards = expand_braces(path)
+        if format not in ("auto", "webdataset") or not all(s.lower().endswith(".tar") for s in shards):
+            raise FastslowError(f"{path}: a brace pattern must name .tar shards (webdataset)")
+        return WebDatasetReader(shards)
     if low.endswith(".json"):
         if format not in ("auto", "karpathy", "vatex"):
             raise FastslowError(f"{path}: a .json file cannot be read as {format}")

@@ -12,6 +12,7 @@ import json
 import numpy as np
 
 from fastslow.data.decode import DecodeConfig, decode_sample
+from fastslow.data.holdout import with_splits
 from fastslow.data.loaded import LoadedSplit, MediaFilter, empty_shape
 from fastslow.data.registry import open_dataset
 from fastslow.data.source import DataConfig
@@ -21,7 +22,7 @@ from fastslow.errors import DecodeError, FastslowError
 
 def sample_rows(data: DataConfig, split: str | None) -> tuple[list[dict], ReadReport, str]:
     """The split's samples as plain rows (read on the driver: annotation files are small), its report, its media."""
-    reader = open_dataset(data.path, format=data.format, media_root=data.media_root)
+    reader = with_splits(open_dataset(data.path, format=data.format, media_root=data.media_root), data)
     name = f"{reader.source} [{split or 'all'}]"
     report = ReadReport(source=name)
     chosen = MediaFilter(reader.samples(split, report), data.media, report, name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fastslow.data.decode import DecodeConfig
+from fastslow.data.holdout import with_splits
 from fastslow.data.loaded import LoadedSplit, load_split
 from fastslow.data.registry import open_dataset
 from fastslow.errors import FastslowError
@@ -25,13 +26,21 @@ class DataConfig:
     val_split: str | None = "val"
     test_split: str | None = "test"
     num_frames: int = DecodeConfig.num_frames
+    # A dataset with no splits (tar shards, a bare folder): this share of its items, chosen by a hash of the id,
+    # is the val split, the rest the train split (fastslow/data/holdout.py).
+    val_fraction: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0 < self.val_fraction < 1:
+            raise FastslowError(f"data.val_fraction={self.val_fraction}: expected a share between 0 and 1 "
+                                f"(exclusive); to train without validation set data.val_split=null")
 
 
 def load_data_split(data: DataConfig, split: str | None, image_size: int, progress: bool = True) -> LoadedSplit:
     """Read and decode one split of the configured dataset, logging what was skipped."""
     if not data.path:
         raise FastslowError("data.path is not set: pass --data PATH (a dataset file, folder or s3:// prefix)")
-    reader = open_dataset(data.path, format=data.format, media_root=data.media_root)
+    reader = with_splits(open_dataset(data.path, format=data.format, media_root=data.media_root), data)
     loaded = load_split(reader, split, DecodeConfig(image_size=image_size, num_frames=data.num_frames),
                         media=data.media, progress=progress)
     report = loaded.report

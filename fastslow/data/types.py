@@ -14,7 +14,9 @@ class Sample:
     """One visual item of a dataset with its captions, before decoding.
 
     `data` holds the encoded bytes when the format carries them inline (tar shards);
-    otherwise the bytes are read from `uri` (a local path or `s3://`).
+    otherwise the bytes are read from `uri` (a local path or `s3://`). A member of a container file
+    has the uri `CONTAINER#MEMBER` (`s3://b/00000.tar#000000012.jpg`, `00000.parquet#000000012`), and
+    for a tar member `offset` and `size`: where its bytes lie in the container, for a ranged read.
     """
 
     id: str
@@ -24,6 +26,8 @@ class Sample:
     split: str | None = None
     data: bytes | None = None
     meta: dict = field(default_factory=dict)
+    offset: int | None = None
+    size: int | None = None
 
 
 @dataclass

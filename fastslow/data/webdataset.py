@@ -21,10 +21,12 @@ def _key_and_ext(name: str) -> tuple[str, str]:
 
 
 class WebDatasetReader(DatasetReader):
-    """Streams each shard (never held whole, also on S3); `Sample.data` holds the media bytes.
+    """Streams each shard (never held whole, also on S3); `Sample.data` holds the media bytes, and `offset`/`size`
+    where they lie in the shard, so one item can be read again later with a ranged read.
 
     The caption is the whole `.txt` member; `.json` metadata goes to `Sample.meta`. A truncated shard
-    is reported once (the rest of that shard is lost) and reading goes on with the next shard.
+    is reported once (the rest of that shard is lost) and reading goes on with the next shard; so is an
+    empty shard and a missing one (a brace pattern can name shards that are not there).
     """
 
     def __init__(self, shard_uris: list[str]):
@@ -33,20 +35,38 @@ class WebDatasetReader(DatasetReader):
         self.shard_uris = list(shard_uris)
         self.source = shard_uris[0] if len(shard_uris) == 1 else f"{shard_uris[0]} (+{len(shard_uris) - 1} shards)"
 
+    def shards(self) -> list[str]:
+        return list(self.shard_uris)
+
     def samples(self, split: str | None, report: ReadReport) -> Iterator[Sample]:
         self.check_split(split)
         seen: set[str] = set()
         for shard in self.shard_uris:
-            yield from self._shard_samples(shard, report, seen)
+            for sample in self.shard_samples(shard, report):
+                if sample.id in seen:
+                    report.skip(sample.id, sample.uri, "duplicate id (an earlier shard has this key)")
+                    continue
+                seen.add(sample.id)
+                yield sample
 
-    def _shard_samples(self, shard: str, report: ReadReport, seen: set[str]) -> Iterator[Sample]:
-        group: dict[str, bytes] = {}
+    def shard_samples(self, shard: str, report: ReadReport) -> Iterator[Sample]:
+        group: dict[str, tuple[bytes, int, int]] = {}  # ext -> (bytes, offset, size)
         key: str | None = None
-        with storage.open_read(shard) as stream:
+        seen: set[str] = set()
+        count = report.read
+        try:
+            stream = storage.open_read(shard)
+        except storage.MissingFileError:
+            report.read += 1
+            report.skip(storage.basename(shard), shard, "missing shard (no such file)")
+            return
+        with stream:
             try:
                 tar = tarfile.open(fileobj=stream, mode="r|*")
             except (tarfile.TarError, EOFError, OSError) as e:
-                raise FastslowError(f"{shard}: not a tar file ({e})") from None
+                report.read += 1
+                report.skip(storage.basename(shard), shard, f"not a tar file ({_short(e)})")
+                return
             try:
                 for member in tar:
                     if not member.isfile():
@@ -58,7 +78,7 @@ class WebDatasetReader(DatasetReader):
                         key, group = member_key, {}
                     if ext == "txt" or ext == "json" or media_from_extension("x." + ext) is not None:
                         # Streaming mode: a member's bytes must be read before moving on to the next.
-                        group[ext] = tar.extractfile(member).read()
+                        group[ext] = (tar.extractfile(member).read(), member.offset_data, member.size)
                 # tarfile ends quietly when the data stops at or inside a header; a whole archive
                 # ends with a full (zero) block read past the last member.
                 if tar.fileobj.tell() < tar.offset + tarfile.BLOCKSIZE:
@@ -70,28 +90,30 @@ class WebDatasetReader(DatasetReader):
                 return
             if key is not None:
                 yield from self._finish(shard, key, group, report, seen)
+        if report.read == count:
+            report.read += 1
+            report.skip(storage.basename(shard), shard, "empty shard: no items")
 
-    def _finish(self, shard: str, key: str, group: dict[str, bytes], report: ReadReport, seen: set[str]):
+    def _finish(self, shard: str, key: str, group: dict[str, tuple[bytes, int, int]], report: ReadReport,
+                seen: set[str]):
         report.read += 1
         media_ext = next((e for e in group if e not in ("txt", "json")), None)
         uri = f"{shard}#{key}.{media_ext or 'txt'}"
-        caption = group.get("txt", b"").decode("utf-8", errors="replace").strip()
+        caption = group["txt"][0].decode("utf-8", errors="replace").strip() if "txt" in group else ""
+        meta = _meta(group["json"][0]) if "json" in group else {}
         if key in seen:
-            report.skip(key, uri, "duplicate id")
+            report.skip(key, uri, "duplicate key in this shard")
         elif media_ext is None:
             report.skip(key, uri, "no media member")
+        elif meta is None:
+            report.skip(key, uri, "metadata .json is not a JSON object")
         elif not caption:
             report.skip(key, uri, "no caption")
         else:
             seen.add(key)
-            yield Sample(
-                id=key,
-                media=media_from_extension("x." + media_ext),
-                uri=uri,
-                captions=[caption],
-                data=group[media_ext],
-                meta=_meta(group.get("json")),
-            )
+            data, offset, size = group[media_ext]
+            yield Sample(id=key, media=media_from_extension("x." + media_ext), uri=uri, captions=[caption],
+                         data=data, meta=meta, offset=offset, size=size)
             return
         seen.add(key)
 
@@ -100,12 +122,10 @@ def _short(e: BaseException) -> str:
     return (str(e) or type(e).__name__)[:80]
 
 
-def _meta(raw: bytes | None) -> dict:
-    """The `.json` member as a dict; unreadable metadata is dropped (it is not needed to use the sample)."""
-    if not raw:
-        return {}
+def _meta(raw: bytes) -> dict | None:
+    """The `.json` member as a dict; None when it is not a JSON object (the item is reported)."""
     try:
         meta = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
+        return None
+    return meta if isinstance(meta, dict) else None

@@ -29,6 +29,8 @@ from fastslow.data.decode import DecodeConfig
 from fastslow.data.types import ReadReport
 from fastslow.errors import FastslowError
 from fastslow.index import partition as parts
+from fastslow.data.members import split_member
+from fastslow.index.shard_partition import is_shard_entry, shard_entry
 from fastslow.log import get_logger
 
 log = get_logger(__name__)
@@ -43,12 +45,18 @@ def absolute_path(uri: str) -> str:
     return os.path.abspath(uri)
 
 
-def index_rows(cfg: IndexRunConfig) -> tuple[list[dict], ReadReport]:
-    """Every sample of the dataset as a row, sorted by id; duplicate ids after the first are reported."""
+def index_rows(cfg: IndexRunConfig) -> tuple[list[dict], ReadReport, list[str]]:
+    """Every sample of the dataset as a row, sorted by id (duplicate ids after the first are reported); or, for a
+    sharded format (tars, img2dataset Parquet), no rows but its shards, read by the workers that embed them."""
     from fastslow.data.registry import open_dataset
+    from fastslow.index.shard_partition import kept_meta
 
     reader = open_dataset(cfg.data.path, format=cfg.data.format, media_root=cfg.data.media_root)
     report = ReadReport(source=f"{reader.source} [{cfg.split or 'all'}]")
+    shards = reader.shards()
+    if shards is not None:
+        reader.check_split(cfg.split)
+        return [], report, shards
     rows, seen = [], set()
     for s in reader.samples(cfg.split, report):
         if s.id in seen:
@@ -58,9 +66,10 @@ def index_rows(cfg: IndexRunConfig) -> tuple[list[dict], ReadReport]:
             report.skip(s.id, s.uri, f"not {'an image' if cfg.data.media == 'image' else 'a video'}")
             continue
         seen.add(s.id)
-        rows.append({"id": s.id, "media": s.media, "uri": s.uri, "captions": list(s.captions)})
+        rows.append({"id": s.id, "media": s.media, "uri": s.uri, "captions": list(s.captions),
+                     "meta": kept_meta(s.meta, cfg.metadata_drop)})
     rows.sort(key=lambda r: r["id"])
-    return rows, report
+    return rows, report, []
 
 
 def collection_root(cfg: IndexRunConfig, resolve: Callable[[str], str] = absolute_path) -> str:
@@ -80,19 +89,23 @@ def plan_partitions(rows: list[dict], size: int) -> list[list[dict]]:
     return plan
 
 
-def version_name(model_sha: str, rows: list[dict], cfg: IndexRunConfig) -> str:
-    """A name fixed by what the build depends on: a resubmitted build finds its own partitions."""
+def version_name(model_sha: str, rows: list[dict], cfg: IndexRunConfig, shards: list[str] = ()) -> str:
+    """A name fixed by what the build depends on: a resubmitted build finds its own partitions. Shards count by
+    name (their items are read by the workers)."""
     h = hashlib.sha256()
-    h.update(json.dumps({"model": model_sha, "index": vars(cfg.index), "frames": cfg.data.num_frames,
-                         "partition_size": cfg.embed.partition_size}, sort_keys=True).encode())
+    settings = {"model": model_sha, "index": vars(cfg.index), "frames": cfg.data.num_frames,
+                "partition_size": cfg.embed.partition_size, "metadata_drop": cfg.metadata_drop}
+    h.update(json.dumps(settings, sort_keys=True).encode())
     for r in rows:
         h.update(f"{r['id']}\t{r['uri']}\n".encode())
+    for shard in shards:
+        h.update(f"shard\t{shard}\n".encode())
     return "v-" + h.hexdigest()[:12]
 
 
 def check_plan(build_dir: str, plan: list[list[dict]]) -> None:
     """Write the build's plan, or check it is the one already there (a build dir is never reused for another)."""
-    text = json.dumps([[r["id"] for r in part] for part in plan])
+    text = json.dumps([part["shard"] if isinstance(part, dict) else [r["id"] for r in part] for part in plan])
     uri = storage.join(build_dir, PLAN)
     if storage.exists(uri):
         if storage.read_text(uri) != text:
@@ -101,18 +114,44 @@ def check_plan(build_dir: str, plan: list[list[dict]]) -> None:
     storage.write_text(uri, text)
 
 
-def collect(build_dir: str, partitions: int):
-    """All partitions' (ids, vectors, metadata table without the vectors, errors), in partition order."""
+def public_location(uri: str, metadata: str | None, root: str) -> str:
+    """An item's reference for answers: the collection's own `url` where it has one, else its path under the
+    collection root (a shard member's `shard#member`); never an absolute path of the server's file system."""
+    url = json.loads(metadata).get("url") if metadata else None
+    if isinstance(url, str) and url.startswith(("http://", "https://")):
+        return url
+    prefix = root.rstrip("/") + "/"
+    if uri.startswith(prefix):
+        return uri[len(prefix) :]
+    inside = split_member(uri)
+    return storage.basename(uri) if inside is None else f"{storage.basename(inside[0])}#{inside[1]}"
+
+
+def collect(build_dir: str, plan: list, root: str):
+    """All partitions' (ids, vectors, metadata table without the vectors, errors, items the shard partitions read),
+    in partition order. An id met again in a later shard is reported there (the first one is indexed)."""
     import pyarrow as pa
 
-    tables, errors = [], []
-    for p in range(partitions):
+    tables, errors, shard_read, first_shard = [], [], 0, {}
+    for p, entry in enumerate(plan):
         table, errs = parts.read_partition(build_dir, p)
-        tables.append(table)
+        if is_shard_entry(entry):
+            shard_read += table.num_rows + len(errs)
+        keep = []
+        for row, (item_id, uri) in enumerate(zip(table.column("id").to_pylist(), table.column("uri").to_pylist())):
+            if item_id in first_shard:
+                errors.append({"id": item_id, "uri": uri, "reason": f"duplicate id (indexed from {first_shard[item_id]})"})
+            else:
+                first_shard[item_id] = (split_member(uri) or (uri,))[0]
+                keep.append(row)
+        tables.append(table.take(keep) if len(keep) < table.num_rows else table)
         errors += errs
     table = pa.concat_tables(tables)
+    locations = [public_location(u, m, root) for u, m in zip(table.column("uri").to_pylist(),
+                                                             table.column("metadata").to_pylist())]
+    table = table.append_column("location", pa.array(locations, pa.string()))
     vectors = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
-    return table.column("id").to_pylist(), vectors, table.drop_columns(["embedding"]), errors
+    return table.column("id").to_pylist(), vectors, table.drop_columns(["embedding"]), errors, shard_read
 
 
 def store_version(root: str, version: str, ids: list[str], vectors: np.ndarray, metadata, spec,
@@ -137,13 +176,14 @@ class IndexBuild:
     """One build's plan and state; `prepare` it, run its `pending()` partitions (`run_partition`), `finish` it."""
 
     def __init__(self, cfg: IndexRunConfig, model: dict, rows: list[dict], report: ReadReport, version: str,
-                 resolve: Callable[[str], str], started: float):
+                 resolve: Callable[[str], str], started: float, shards: list[str] = ()):
         from fastslow.index.publish import MANIFEST, version_dir
 
         self.cfg, self.model, self.rows, self.report, self.version = cfg, model, rows, report, version
         self.resolve, self.started = resolve, started
         self.build_dir = storage.join(cfg.root, "builds", version)
-        self.plan = plan_partitions(rows, cfg.embed.partition_size)
+        self.plan = plan_partitions(rows, cfg.embed.partition_size) + [
+            shard_entry(s, cfg.data.media, cfg.embed.partition_size, cfg.metadata_drop) for s in shards]
         self.published = storage.exists(storage.join(version_dir(cfg.root, version), MANIFEST))
         self._embedder = None
 
@@ -162,11 +202,11 @@ class IndexBuild:
         model = read_checkpoint(cfg.checkpoint)
         if model["model_type"] != "fast":
             raise FastslowError(f"{cfg.checkpoint}: expected a Fast checkpoint, found a {model['model_type']} one")
-        rows, report = index_rows(cfg)
-        if not rows:
+        rows, report, shards = index_rows(cfg)
+        if not rows and not shards:
             raise FastslowError(f"{cfg.data.path}: no items to index ({report.summary()})")
-        version = cfg.version or version_name(model["weights_sha256"], rows, cfg)
-        build = cls(cfg, model, rows, report, version, resolve, started)
+        version = cfg.version or version_name(model["weights_sha256"], rows, cfg, shards)
+        build = cls(cfg, model, rows, report, version, resolve, started, shards)
         if not build.published:
             check_plan(build.build_dir, build.plan)
             log.info("version %s: %d partitions, %d to do", version, len(build.plan), len(build.pending()))
@@ -197,10 +237,12 @@ class IndexBuild:
         return counts
 
     def collect(self):
-        """(ids, vectors, metadata, errors) of the written partitions; the read's problems come first in errors."""
-        ids, vectors, metadata, errors = collect(self.build_dir, len(self.plan))
+        """(ids, vectors, metadata, errors, items read) of the written partitions; the read's problems come first
+        in errors. Items read: the driver's read, and what the workers read of the shard partitions."""
+        ids, vectors, metadata, errors, shard_read = collect(self.build_dir, self.plan,
+                                                             collection_root(self.cfg, self.resolve))
         errors = [{"id": p.id, "uri": p.uri, "reason": p.reason} for p in self.report.problems] + errors
-        return ids, vectors, metadata, errors
+        return ids, vectors, metadata, errors, self.report.read + shard_read
 
     def identity(self) -> dict:
         """The version's model entry. num_frames: how videos were sampled, so the re-ranker decodes candidates the
@@ -218,9 +260,9 @@ class IndexBuild:
         missing = self.pending()
         if missing:
             raise FastslowError(f"version {version}: partitions {missing} are not written yet; run them first")
-        ids, vectors, metadata, errors = self.collect()
-        if report.read != len(ids) + len(errors):
-            raise RuntimeError(f"lost items: read {report.read} != indexed {len(ids)} + errors {len(errors)}")
+        ids, vectors, metadata, errors, read = self.collect()
+        if read != len(ids) + len(errors):
+            raise RuntimeError(f"lost items: read {read} != indexed {len(ids)} + errors {len(errors)}")
         errors_file = storage.join(version_dir(cfg.root, version), "errors.jsonl")
         if not self.published:
             storage.write_text(errors_file, "".join(json.dumps(e) + "\n" for e in errors))
@@ -229,9 +271,9 @@ class IndexBuild:
             store_version(cfg.root, version, ids, vectors, metadata, cfg.index, self.identity())
         make_current(cfg.root, version)
         seconds = time.time() - self.started
-        return {"version": version, "root": cfg.root, "read": report.read, "indexed": len(ids),
+        return {"version": version, "root": cfg.root, "read": read, "indexed": len(ids),
                 "errors": len(errors), "errors_file": errors_file, "shards": cfg.index.shards,
-                "seconds": round(seconds, 1), "items_per_s": round(report.read / max(seconds, 1e-9), 1)}
+                "seconds": round(seconds, 1), "items_per_s": round(read / max(seconds, 1e-9), 1)}
 
 
 def build_index(cfg: IndexRunConfig, resolve: Callable[[str], str] = absolute_path) -> dict:

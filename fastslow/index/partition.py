@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +34,8 @@ class DecodedPartition:
     items: list[dict] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
     pixels: np.ndarray | None = None
+    chunk: int = -1  # a shard partition's chunk number (fastslow.index.shard_partition); -1: a row partition
+    chunks: int = 0  # on a shard partition's last chunk: how many chunks it has
 
 
 def partition_files(build_dir: str, partition: int) -> tuple[str, str]:
@@ -42,8 +45,11 @@ def partition_files(build_dir: str, partition: int) -> tuple[str, str]:
 
 
 def is_written(build_dir: str, partition: int) -> bool:
-    """Whether the partition is done (its embeddings file, written last, exists)."""
-    return storage.exists(partition_files(build_dir, partition)[0])
+    """Whether the partition is done: its embeddings file (written last) exists, or for a shard partition the
+    marker written once all its chunks are."""
+    from fastslow.index.shard_partition import written_chunks
+
+    return storage.exists(partition_files(build_dir, partition)[0]) or written_chunks(build_dir, partition) is not None
 
 
 def _decode_item(item: dict, cfg: DecodeConfig) -> tuple[np.ndarray, bytes]:
@@ -54,6 +60,19 @@ def _decode_item(item: dict, cfg: DecodeConfig) -> tuple[np.ndarray, bytes]:
     if item["media"] == "video":
         return decode_video(data, cfg.num_frames, cfg.image_size), data
     raise DecodeError(f"unknown media type {item['media']!r}")
+
+
+def decode_entry(partition: int, entry, cfg: DecodeConfig) -> Iterator[DecodedPartition]:
+    """A plan entry decoded: a row partition in one piece, a shard partition (a dict) chunk by chunk."""
+    from fastslow.index.shard_partition import ShardChunks, is_shard_entry
+
+    if not is_shard_entry(entry):
+        yield decode_partition(partition, entry, cfg)
+        return
+    chunk = 0
+    for items, errors, pixels, last in ShardChunks(partition, entry, cfg):
+        yield DecodedPartition(int(partition), items, errors, pixels, chunk, chunk + 1 if last else 0)
+        chunk += 1
 
 
 def decode_partition(partition: int, items: list[dict], cfg: DecodeConfig) -> DecodedPartition:
@@ -103,41 +122,64 @@ def _schema():
 
     return pa.schema([("id", pa.string()), ("uri", pa.string()), ("media", pa.string()), ("caption", pa.string()),
                       ("width", pa.int64()), ("height", pa.int64()), ("duration", pa.float64()),
+                      ("offset", pa.int64()), ("size", pa.int64()), ("metadata", pa.string()),
                       ("embedding", pa.list_(pa.float32()))])
 
 
 def write_partition(build_dir: str, partition: int, items: list[dict], errors: list[dict],
-                    vectors: np.ndarray) -> dict:
-    """Write the partition's errors, then its embeddings (the file that marks it done); its counts."""
+                    vectors: np.ndarray, chunk: int = -1, chunks: int = 0) -> dict:
+    """Write the partition's (or a shard partition's chunk's) errors, then its embeddings (the file that marks
+    it done); its counts."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    emb_uri, err_uri = partition_files(build_dir, int(partition))
+    from fastslow.index.shard_partition import chunk_files
+
+    emb_uri, err_uri = (partition_files(build_dir, int(partition)) if chunk < 0
+                        else chunk_files(build_dir, int(partition), int(chunk)))
     storage.write_text(err_uri, "".join(json.dumps(e) + "\n" for e in errors))
     columns = {"id": [i["id"] for i in items], "uri": [i["uri"] for i in items],
                "media": [i["media"] for i in items],
                "caption": [i["captions"][0] if i["captions"] else None for i in items],
                "width": [i.get("width") for i in items], "height": [i.get("height") for i in items],
-               "duration": [i.get("duration") for i in items], "embedding": list(vectors[: len(items)])}
+               "duration": [i.get("duration") for i in items],
+               "offset": [i.get("offset") for i in items], "size": [i.get("size") for i in items],
+               "metadata": [json.dumps(i["meta"], default=str) if i.get("meta") else None for i in items],
+               "embedding": list(vectors[: len(items)])}
     buf = io.BytesIO()
     pq.write_table(pa.table(columns, schema=_schema()), buf)
     storage.write_bytes(emb_uri, buf.getvalue())
-    return {"partition": int(partition), "indexed": len(items), "errors": len(errors)}
+    return {"partition": int(partition), "indexed": len(items), "errors": len(errors), "chunk": int(chunk),
+            "chunks": int(chunks)}
 
 
-def run_partition(build_dir: str, partition: int, items: list[dict], cfg: DecodeConfig,
-                  embedder: PartitionEmbedder) -> dict:
-    """Decode, embed and write one partition in this process; its counts."""
-    decoded = decode_partition(partition, items, cfg)
-    vectors = embedder.embed(decoded.pixels)
-    return write_partition(build_dir, partition, decoded.items, decoded.errors, vectors)
+def run_partition(build_dir: str, partition: int, entry, cfg: DecodeConfig, embedder: PartitionEmbedder) -> dict:
+    """Decode, embed and write one partition (a shard partition chunk by chunk) in this process; its counts."""
+    from fastslow.index.shard_partition import ChunkTracker
+
+    tracker, counts = ChunkTracker(build_dir), {"partition": int(partition), "indexed": 0, "errors": 0}
+    for decoded in decode_entry(partition, entry, cfg):
+        done = write_partition(build_dir, partition, decoded.items, decoded.errors, embedder.embed(decoded.pixels),
+                               decoded.chunk, decoded.chunks)
+        tracker.written(partition, done["chunk"], done["chunks"])
+        counts["indexed"] += done["indexed"]
+        counts["errors"] += done["errors"]
+    return counts
 
 
 def read_partition(build_dir: str, partition: int):
     """A written partition's (pyarrow table with its embeddings, errors)."""
     import pyarrow.parquet as pq
 
-    emb_uri, err_uri = partition_files(build_dir, partition)
-    table = pq.read_table(io.BytesIO(storage.read_bytes(emb_uri)))
-    errors = [json.loads(line) for line in storage.read_text(err_uri).splitlines() if line.strip()]
-    return table, errors
+    import pyarrow as pa
+
+    from fastslow.index.shard_partition import chunk_files, written_chunks
+
+    chunks = written_chunks(build_dir, partition)
+    files = ([partition_files(build_dir, partition)] if chunks is None
+             else [chunk_files(build_dir, partition, c) for c in range(chunks)])
+    tables, errors = [], []
+    for emb_uri, err_uri in files:
+        tables.append(pq.read_table(io.BytesIO(storage.read_bytes(emb_uri))))
+        errors += [json.loads(line) for line in storage.read_text(err_uri).splitlines() if line.strip()]
+    return pa.concat_tables(tables), errors

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from fastslow.index.shards import merge_results
@@ -58,6 +60,7 @@ def stage_timings(t0: float, t1: float, t2: float, t3: float) -> dict:
 
 def public_hit(hit: dict, rank: int) -> dict:
     """What an answer shows of a hit."""
-    return {"rank": rank, "id": hit["id"], "uri": hit["uri"], "media": hit["media"], "caption": hit["caption"],
+    return {"rank": rank, "id": hit["id"], "location": hit.get("location") or hit["id"], "media": hit["media"],
+            "caption": hit["caption"], "metadata": json.loads(hit["metadata"]) if hit.get("metadata") else {},
             "fast_score": hit["fast_score"], "slow_score": hit.get("slow_score"), "shard": hit["shard"]}
 

@@ -23,7 +23,7 @@ class ItemFeatures:
     def __init__(self, model: SlowModel, num_frames: int = DecodeConfig.num_frames, capacity: int = 20000):
         self.model, self.capacity = model, capacity
         self.decode = DecodeConfig(image_size=model.config.vision.image_size, num_frames=num_frames)
-        self.cache: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+        self.cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self.lock = threading.Lock()
 
     def get(self, hits: list[dict]) -> tuple[torch.Tensor, list[str]]:
@@ -31,7 +31,7 @@ class ItemFeatures:
         errors, out, missing = [""] * len(hits), [None] * len(hits), {}
         with self.lock:
             for i, h in enumerate(hits):
-                key = (h["media"], h["uri"])
+                key = (h["media"], h["uri"], h.get("offset"), h.get("size"))
                 if key in self.cache:
                     self.cache.move_to_end(key)
                     out[i] = self.cache[key]
@@ -42,7 +42,7 @@ class ItemFeatures:
             for key, where in missing.items():
                 try:
                     pixels.append(decode_sample(Sample(id=hits[where[0]]["id"], media=key[0], uri=key[1],
-                                                       captions=[]), self.decode))
+                                                       captions=[], offset=key[2], size=key[3]), self.decode))
                     keys.append(key)
                 except DecodeError as e:
                     for i in where:

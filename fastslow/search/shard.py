@@ -10,7 +10,7 @@ from fastslow.index.shards import on_gpu, search_params, search_shard
 
 
 # What each hit carries from the index's metadata table.
-HIT_FIELDS = ("id", "uri", "media", "caption")
+HIT_FIELDS = ("id", "uri", "media", "caption", "location", "metadata", "offset", "size")
 
 
 
@@ -51,10 +51,10 @@ class ShardSearcher:
                  for s, r in zip(qs, qr) if r >= 0] for qs, qr in zip(scores, rows)]
 
     def lookup(self, item_id: str) -> dict | None:
-        """{id, uri, media} of the item `item_id` if this shard holds it, else None."""
+        """{id, uri, media, offset, size} of the item `item_id` if this shard holds it, else None."""
         row = self.row_of.get(item_id)
         if row is None:
             return None
         item = self.items[row]
-        return {"id": item["id"], "uri": item["uri"], "media": item["media"]}
+        return {f: item[f] for f in ("id", "uri", "media", "offset", "size")}
 
