@@ -30,6 +30,7 @@ from fastslow.storage_s3 import (
     s3_client,
     split_s3,
 )
+from fastslow.storage_ranged import DEFAULT_READ_AHEAD, RangedReader, object_size  # noqa: F401  (API)
 
 
 def join(base: str, *parts: str) -> str:
@@ -202,6 +203,12 @@ def open_read(uri: str) -> IO[bytes]:
         return open(uri, "rb")
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise _missing_local(uri) from None
+
+
+def open_seekable(uri: str, read_ahead: int = DEFAULT_READ_AHEAD) -> RangedReader:
+    """A seekable, read-only file over `uri` that reads by ranges (`read_ahead` bytes at least per request), for
+    readers that need only parts of a big file (a video's index and a few keyframes); MissingFileError if absent."""
+    return RangedReader(uri, read_ahead)
 
 
 @contextlib.contextmanager

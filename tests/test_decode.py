@@ -88,12 +88,15 @@ def test_short_video_repeats_frames():
 
 
 def test_long_video_keeps_bounded_frames_evenly(monkeypatch):
+    """Decoding every frame (the fallback where a container tells no duration) keeps a bounded, even set."""
     import fastslow.data.decode as decode
 
     monkeypatch.setattr(decode, "MAX_KEPT_FRAMES", 4)
-    video = decode_video(make_mp4_bytes(16), num_frames=4, size=8)
+    report = {}
+    video = decode_video(make_mp4_bytes(16), num_frames=4, size=8, report=report, seek=False)
     # Thinned to every 4th frame (0, 4, 8, 12), then sampled evenly over those.
     assert _nearest_frames(video, 16) == [0, 4, 8, 12]
+    assert report["sequential"] and report["frames_decoded"] == 16
 
 
 @pytest.mark.parametrize(

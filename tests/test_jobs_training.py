@@ -52,6 +52,24 @@ def test_fast_job_on_two_workers_writes_a_loadable_checkpoint(tiny_images, tmp_p
     assert os.path.isdir(summary["ray_checkpoint"])  # Ray Train's own copy, under <out>/ray_train
 
 
+def test_fast_job_on_unsplit_img2dataset_shards_holds_out_a_hashed_val_share(tiny_images, tmp_path, submit_job):
+    """Tar shards carry no splits: the job trains on every item but the held-out share, with no split settings."""
+    from fastslow.data.holdout import held_out
+    from synth_shards import synth_as_webdataset
+
+    shards = synth_as_webdataset(tiny_images, str(tmp_path / "shards"), 3)
+    out, job = str(tmp_path / "fast"), job_id("fast-shards")
+    client = submit_job(job, "jobs.train_fast", "--data", str(tmp_path / "shards"), "--out", out, *TINY_FAST,
+                        "train.epochs=1", "train.batch_size=8", "data.val_fraction=0.2")
+    status, logs = wait_for(client, job)
+    assert status == "SUCCEEDED", logs[-4000:]
+    val = sum(held_out(key, 0.2) for key in shards)
+    summary = _summary(out)
+    assert 0 < val < len(shards) and summary["train_items"] == len(shards) - val
+    assert summary["val"]["gallery"] == summary["val"]["queries"] == val  # one caption per shard item
+    assert "held out by a hash of their ids" in logs
+
+
 def test_slow_then_distill_jobs_with_everything_on_s3(tiny_images, tmp_path, submit_job, s3_bucket, moto_endpoint):
     """Checkpoints, Ray Train's storage and the run folders on S3 (a moto server on 127.0.0.1); the endpoint
     reaches the job through its runtime env, as it would for MinIO."""

@@ -143,3 +143,55 @@ def test_user_error_is_found_behind_causes_and_ray_wrapping():
     except RuntimeError as outer:
         assert user_error(outer) is inner
     assert user_error(ValueError("x")) is None
+
+
+def _ranged_checks(base: str) -> None:
+    """storage.open_seekable on a local file or an S3 object: reads, seeks and tells as a local file does, and
+    counts the bytes it fetched (one read-ahead block per miss, never past the end)."""
+    import io
+    import random
+
+    data = os.urandom(300_000)
+    uri = storage.join(base, "r", "big.bin")
+    storage.write_bytes(uri, data)
+    with storage.open_seekable(uri, read_ahead=64 << 10) as f:
+        assert f.readable() and f.seekable() and f.size == len(data) and f.bytes_fetched == 0
+        assert f.read(10) == data[:10] and (f.fetches, f.bytes_fetched) == (1, 64 << 10)
+        assert f.read(100) == data[10:110] and f.fetches == 1  # inside the buffer: nothing fetched
+        assert f.seek(-5, io.SEEK_END) == len(data) - 5 and f.read(100) == data[-5:] and f.fetches == 2
+        assert f.bytes_fetched == (64 << 10) + 5  # a block is cut at the end of the file
+        assert f.read(1) == b"" and f.seek(len(data) + 10) == len(data) + 10 and f.read() == b""
+        assert f.seek(20) == 20 and f.read(5) == data[20:25] and f.fetches == 2  # the first block is still kept
+        for k in range(1, 5):  # four more blocks: the first is dropped (KEPT_BLOCKS = 4)
+            f.seek(k * (64 << 10))
+            f.read(1)
+        f.seek(0)
+        assert f.read(1) == data[:1] and f.fetches == 7
+        with pytest.raises(ValueError):
+            f.seek(-1)
+        local, rng = io.BytesIO(data), random.Random(0)
+        f.seek(0)
+        for _ in range(200):  # the same random walk on both: every read, seek and tell agrees
+            whence = rng.choice((io.SEEK_SET, io.SEEK_CUR, io.SEEK_END))
+            origin = {io.SEEK_SET: 0, io.SEEK_CUR: local.tell(), io.SEEK_END: len(data)}[whence]
+            offset = rng.randrange(0, len(data) + 1000) - origin  # a position from 0 to a little past the end
+            assert f.seek(offset, whence) == local.seek(offset, whence)
+            size = rng.choice((0, 1, 4096, 100_000, -1))
+            assert f.read(size) == local.read(size) and f.tell() == local.tell()
+        buf = bytearray(7)
+        f.seek(3)
+        assert f.readinto(buf) == 7 and bytes(buf) == data[3:10]
+        fetched = f.bytes_fetched
+    assert f.closed and fetched < 40 * len(data)
+    with pytest.raises(ValueError):
+        f.read(1)
+    with pytest.raises(storage.MissingFileError, match="nope.bin: no such file"):
+        storage.open_seekable(storage.join(base, "r", "nope.bin"))
+
+
+def test_local_seekable_reader(tmp_path):
+    _ranged_checks(str(tmp_path / "root"))
+
+
+def test_s3_seekable_reader(s3_bucket):
+    _ranged_checks(s3_bucket)

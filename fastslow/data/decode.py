@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
+from typing import IO
 
 import numpy as np
 
@@ -20,6 +24,16 @@ MAX_FRAME_PIXELS = 2 * 7680 * 4320
 # Frames kept while decoding one video; past this the kept set is thinned to every other frame,
 # so memory stays bounded on long videos and the kept frames stay evenly spread.
 MAX_KEPT_FRAMES = 1024
+# A sampled frame at most this many frames past the last decoded one is reached by decoding on, a farther one by
+# seeking to the keyframe before it: a GOP is commonly 30-300 frames, so decoding on this far costs about what a
+# seek would, and a short clip is decoded in one pass as before.
+DECODE_ON_FRAMES = 60
+# Where a seek lands after the frame sought, seek again this many frames before it, then twice as many, ...,
+# SEEK_TRIES seeks in all before decoding the whole video instead.
+SEEK_BACK_FRAMES = 16
+SEEK_TRIES = 7
+
+VideoSource = bytes | IO[bytes]
 
 
 @dataclass
@@ -91,51 +105,187 @@ def frame_indices(num_decoded: int, num_frames: int) -> np.ndarray:
     return np.minimum((np.arange(num_frames) + 0.5) * num_decoded / num_frames, num_decoded - 1).astype(np.int64)
 
 
-def decode_video(data: bytes, num_frames: int, size: int) -> np.ndarray:
-    """Encoded video bytes -> (num_frames, size, size, 3) uint8 RGB, frames sampled uniformly over the first video stream."""
-    import av
+def _as_file(source: VideoSource) -> IO[bytes]:
+    """A binary file to open with PyAV: bytes wrapped, a file as is; DecodeError for an empty one."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if not source:
+            raise DecodeError("empty file")
+        return io.BytesIO(source)
+    if _seekable(source):
+        at = source.tell()
+        first = source.read(1)
+        source.seek(at)
+        if not first:
+            raise DecodeError("empty file")
+    return source
 
-    if not data:
-        raise DecodeError("empty file")
+
+def _seekable(file) -> bool:
+    return bool(getattr(file, "seekable", lambda: False)())
+
+
+def _video_stream(container):
+    if not container.streams.video:
+        raise DecodeError("no video stream")
+    return container.streams.video[0]
+
+
+def _video_info(container, stream) -> dict:
+    """Width, height and duration in seconds (None when unknown) from the headers (see media_info)."""
+    duration = container.duration / 1e6 if container.duration else (
+        float(stream.duration * stream.time_base) if stream.duration else None)
+    return {"width": int(stream.codec_context.width), "height": int(stream.codec_context.height),
+            "duration": duration}
+
+
+def _frame_rgb(frame, size: int) -> np.ndarray:
+    """A decoded frame as (size, size, 3) uint8 RGB: shorter side resized (bicubic), centre crop."""
+    if frame.width * frame.height > MAX_FRAME_PIXELS:
+        raise DecodeError(f"video frame too large ({frame.width}x{frame.height})")
+    w, h = _resized_size(frame.width, frame.height, size)
+    rgb = frame.reformat(width=w, height=h, format="rgb24", interpolation="BICUBIC").to_ndarray()
+    return np.ascontiguousarray(_center_crop(rgb, size))
+
+
+def frame_clock(container, stream) -> tuple[int, Fraction] | None:
+    """(the stream's frame count, one frame's length in pts): the count from its index, else duration x frame
+    rate; None when the container tells neither (then every frame is decoded)."""
+    rate, time_base = stream.average_rate or stream.guessed_rate, stream.time_base
+    if not rate or not time_base:
+        return None
+    count = stream.frames
+    if count <= 0:
+        seconds = float(stream.duration * time_base) if stream.duration else (container.duration or 0) / 1e6
+        count = round(seconds * rate)
+    if count <= 0:
+        return None
+    return count, 1 / (Fraction(rate) * Fraction(time_base))
+
+
+class _NoSeek(Exception):
+    """Seeking cannot give the sampled frames of this video: decode it from start to end instead."""
+
+
+def _seek(container, stream, pts: int, report: dict) -> Iterator:
+    """Frames decoded on from the keyframe at or before `pts`."""
+    try:
+        container.seek(pts, stream=stream, backward=True, any_frame=False)
+    except Exception as e:  # noqa: BLE001 - a format that cannot seek: fall back, do not fail the item
+        raise _NoSeek(_short(e)) from None
+    report["seeks"] += 1
+    return iter(container.decode(stream))
+
+
+def _next_frame(frames: Iterator, report: dict):
+    """The next decoded frame; _NoSeek at the end of the stream or on a frame without a timestamp."""
+    frame = next(frames, None)
+    if frame is None or frame.pts is None:  # the index promised frames that are not there, or no pts to go by
+        raise _NoSeek("no frame at the sampled time")
+    report["frames_decoded"] += 1
+    return frame
+
+
+def _seek_before(container, stream, point: int, step: Fraction, origin: int, report: dict) -> tuple[Iterator, object]:
+    """(frames, the first of them), the first at or before `point`: a seek lands after it where the format finds
+    keyframes by decode time (B-frames) or searches packets, not keyframes (MPEG-TS), so seek again further back."""
+    for attempt in range(SEEK_TRIES):
+        at = point if attempt == 0 else max(origin, point - round(SEEK_BACK_FRAMES * 2 ** (attempt - 1) * step))
+        frames = _seek(container, stream, at, report)
+        frame = _next_frame(frames, report)
+        if frame.pts <= point + step / 2 or at == origin:
+            return frames, frame
+    raise _NoSeek("every seek landed after the sampled time")
+
+
+def _decode_by_seeking(container, stream, count: int, step: Fraction, num_frames: int, size: int,
+                       report: dict) -> list:
+    """The frames frame_indices(count, num_frames) picks, found by time: frame i is the first frame at or after
+    the first frame's pts + i x step (within half a frame), reached by seeking to the keyframe before it and
+    decoding on (exact), or by decoding on when it lies at most DECODE_ON_FRAMES ahead."""
+    half = step / 2
+    frames = iter(container.decode(stream))
+    frame = _next_frame(frames, report)
+    origin = frame.pts  # the first frame's, not the stream's start_time: some muxers shift every frame (AVI)
+    kept: list[np.ndarray] = []
+    taken = None
+    for index in frame_indices(count, num_frames):
+        point = origin + round(int(index) * step)
+        if taken is not None and taken.pts >= point - half:
+            kept.append(kept[-1])  # the same frame again (a video shorter than num_frames)
+            continue
+        if point - frame.pts > DECODE_ON_FRAMES * step:
+            frames, frame = _seek_before(container, stream, point, step, origin, report)
+        while frame.pts < point - half:
+            frame = _next_frame(frames, report)
+        kept.append(_frame_rgb(frame, size))
+        taken = frame
+    return kept
+
+
+def _decode_sequentially(container, stream, num_frames: int, size: int, report: dict) -> list:
+    """Every frame decoded, evenly thinned past MAX_KEPT_FRAMES, then sampled with frame_indices."""
     kept: list[np.ndarray] = []
     stride = 1  # keep every `stride`-th decoded frame
-    count = 0
-    try:
-        with av.open(io.BytesIO(data), mode="r") as container:
-            if not container.streams.video:
-                raise DecodeError("no video stream")
-            stream = container.streams.video[0]
-            for frame in container.decode(stream):
-                if frame.width * frame.height > MAX_FRAME_PIXELS:
-                    raise DecodeError(f"video frame too large ({frame.width}x{frame.height})")
-                if count % stride == 0:
-                    w, h = _resized_size(frame.width, frame.height, size)
-                    rgb = frame.reformat(width=w, height=h, format="rgb24", interpolation="BICUBIC").to_ndarray()
-                    kept.append(np.ascontiguousarray(_center_crop(rgb, size)))
-                    if len(kept) > MAX_KEPT_FRAMES:
-                        kept = kept[::2]
-                        stride *= 2
-                count += 1
-    except DecodeError:
-        raise
-    except Exception as e:  # av.FFmpegError and friends on corrupt or truncated data
-        raise DecodeError(f"corrupt video ({_short(e)})") from None
+    for count, frame in enumerate(container.decode(stream)):
+        report["frames_decoded"] += 1
+        if count % stride == 0:
+            kept.append(_frame_rgb(frame, size))
+            if len(kept) > MAX_KEPT_FRAMES:
+                kept = kept[::2]
+                stride *= 2
     if not kept:
         raise DecodeError("no frames decoded")
-    return np.stack([kept[i] for i in frame_indices(len(kept), num_frames)])
+    return [kept[i] for i in frame_indices(len(kept), num_frames)]
 
 
-def read_sample_bytes(sample: Sample) -> bytes:
-    """The sample's encoded bytes, inline or from its URI; a missing file is a DecodeError, an unreachable
-    store is not (StorageUnavailableError: the item is fine, the run must stop and be resumed)."""
-    if sample.data is not None:
-        return sample.data
-    from fastslow.data.members import read_member, split_member
+def _decode_frames(file: IO[bytes], num_frames: int, size: int, report: dict, seek: bool) -> list:
+    """The sampled frames of the first video stream: by seeking where the container allows, else sequentially."""
+    import av
 
+    with av.open(file, mode="r") as container:
+        stream = _video_stream(container)
+        report["info"] = _video_info(container, stream)
+        clock = frame_clock(container, stream) if seek and _seekable(file) else None
+        if clock is None:  # no frame count, duration or frame rate (raw streams, some captures): decode it all
+            report["sequential"] = True
+            return _decode_sequentially(container, stream, num_frames, size, report)
+        try:
+            return _decode_by_seeking(container, stream, *clock, num_frames, size, report)
+        except _NoSeek:
+            pass
+    # Seeking failed part-way (no timestamps, or an index listing frames a truncated file lacks): decode it all,
+    # from a fresh open, which samples the frames really there as before.
+    report["sequential"] = True
+    file.seek(0)
+    with av.open(file, mode="r") as container:
+        return _decode_sequentially(container, _video_stream(container), num_frames, size, report)
+
+
+def decode_video(source: VideoSource, num_frames: int, size: int, report: dict | None = None,
+                 seek: bool = True) -> np.ndarray:
+    """Encoded video (bytes, or a binary file such as storage.open_seekable's, read in place) ->
+    (num_frames, size, size, 3) uint8 RGB: the frames at the centres of `num_frames` equal segments of the first
+    video stream, reached by seeking (seek=False: by decoding every frame, the fallback). `report`, if given,
+    gets frames_decoded, seeks, sequential and the media info ("info")."""
+    report = {} if report is None else report
+    report.update(frames_decoded=0, seeks=0, sequential=False)
     try:
-        if split_member(sample.uri) is not None:
-            return read_member(sample.uri, sample.offset, sample.size)
-        return storage.read_bytes(sample.uri)
+        file = _as_file(source)
+        return np.stack(_decode_frames(file, num_frames, size, report, seek))
+    except (DecodeError, StorageUnavailableError):
+        raise
+    except FastslowError as e:  # the file went missing or unreadable while being read
+        raise DecodeError(f"unreadable ({_short(e)})") from None
+    except Exception as e:  # av.FFmpegError and friends on corrupt or truncated data
+        raise DecodeError(f"corrupt video ({_short(e)})") from None
+
+
+@contextlib.contextmanager
+def _reading(sample: Sample) -> Iterator[None]:
+    """Storage errors as an item's: a missing or unreadable file is a DecodeError, an unreachable store is not
+    (StorageUnavailableError: the item is fine, the run must stop and be resumed)."""
+    try:
+        yield
     except storage.MissingFileError:
         raise DecodeError("missing file") from None
     except (StorageUnavailableError, DecodeError):
@@ -146,33 +296,67 @@ def read_sample_bytes(sample: Sample) -> bytes:
         raise DecodeError(f"unreadable ({_short(e)})") from None
 
 
+def read_sample_bytes(sample: Sample) -> bytes:
+    """The sample's encoded bytes, inline or from its URI; a missing file is a DecodeError, an unreachable
+    store is not (StorageUnavailableError: the item is fine, the run must stop and be resumed)."""
+    if sample.data is not None:
+        return sample.data
+    from fastslow.data.members import read_member, split_member
+
+    with _reading(sample):
+        if split_member(sample.uri) is not None:
+            return read_member(sample.uri, sample.offset, sample.size)
+        return storage.read_bytes(sample.uri)
+
+
+def open_sample(sample: Sample) -> VideoSource:
+    """The sample's bytes where they are inline or inside a container file, else a seekable reader over its file
+    (storage.open_seekable: ranged reads, so a long video is never held whole); errors as read_sample_bytes."""
+    from fastslow.data.members import split_member
+
+    if sample.data is not None or split_member(sample.uri) is not None:
+        return read_sample_bytes(sample)
+    with _reading(sample):
+        return storage.open_seekable(sample.uri)
+
+
+def decode_video_sample(sample: Sample, cfg: DecodeConfig, report: dict | None = None) -> np.ndarray:
+    """A video sample decoded from its inline bytes, or streamed from its file (see decode_video for `report`)."""
+    source = open_sample(sample)
+    try:
+        return decode_video(source, cfg.num_frames, cfg.image_size, report)
+    finally:
+        if not isinstance(source, bytes):
+            source.close()
+
+
 def decode_sample(sample: Sample, cfg: DecodeConfig) -> np.ndarray:
     """Decode one sample by its media type: (S,S,3) for an image, (T,S,S,3) for a video."""
-    data = read_sample_bytes(sample)
     if sample.media == "image":
-        return decode_image(data, cfg.image_size)
+        return decode_image(read_sample_bytes(sample), cfg.image_size)
     if sample.media == "video":
-        return decode_video(data, cfg.num_frames, cfg.image_size)
+        return decode_video_sample(sample, cfg)
     raise DecodeError(f"unknown media type {sample.media!r}")
 
 
-def media_info(data: bytes, media: str) -> dict:
+def media_info(data: bytes | IO[bytes] | dict, media: str) -> dict:
     """What an index keeps about an item beside its vector: width and height (images), or width, height
     and duration in seconds (videos), read from the headers; {} when they cannot be read (decoding
-    reports the problem)."""
+    reports the problem). `data`: the encoded bytes, a seekable binary file (only its headers are read), or
+    the info decode_video already read (its report's "info", returned as a copy)."""
+    if isinstance(data, dict):
+        return dict(data)
+    file = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
     try:
+        file.seek(0)
         if media == "image":
             from PIL import Image
 
-            with Image.open(io.BytesIO(data)) as img:
+            with Image.open(file) as img:
                 return {"width": int(img.width), "height": int(img.height)}
         import av
 
-        with av.open(io.BytesIO(data), mode="r") as container:
-            stream = container.streams.video[0]
-            duration = container.duration / 1e6 if container.duration else (
-                float(stream.duration * stream.time_base) if stream.duration else None)
-            return {"width": int(stream.codec_context.width), "height": int(stream.codec_context.height),
-                    "duration": duration}
+        with av.open(file, mode="r") as container:
+            return _video_info(container, container.streams.video[0])
     except Exception:  # noqa: BLE001 - a probe: decoding gives the real error
         return {}

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastslow import storage
-from fastslow.data.decode import DecodeConfig, decode_image, decode_video, media_info, read_sample_bytes
+from fastslow.data.decode import DecodeConfig, decode_image, decode_video_sample, media_info, read_sample_bytes
 from fastslow.data.types import Sample
 from fastslow.errors import DecodeError
 
@@ -52,13 +52,16 @@ def is_written(build_dir: str, partition: int) -> bool:
     return storage.exists(partition_files(build_dir, partition)[0]) or written_chunks(build_dir, partition) is not None
 
 
-def _decode_item(item: dict, cfg: DecodeConfig) -> tuple[np.ndarray, bytes]:
+def _decode_item(item: dict, cfg: DecodeConfig) -> tuple[np.ndarray, bytes | dict]:
+    """The item's pixels and what media_info reads its info from: an image's bytes, or a video's info as read
+    while decoding (a video file is streamed by ranged reads, never read whole)."""
     sample = Sample(id=item["id"], media=item["media"], uri=item["uri"], captions=[])
-    data = read_sample_bytes(sample)
     if item["media"] == "image":
+        data = read_sample_bytes(sample)
         return decode_image(data, cfg.image_size), data
     if item["media"] == "video":
-        return decode_video(data, cfg.num_frames, cfg.image_size), data
+        report: dict = {}
+        return decode_video_sample(sample, cfg, report), report["info"]
     raise DecodeError(f"unknown media type {item['media']!r}")
 
 
