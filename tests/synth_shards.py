@@ -38,24 +38,50 @@ def img2dataset_meta(key: str, url: str, caption: str, jpeg: bytes) -> dict:
             "exif": json.dumps({"Image Make": "synthetic"}), "sha256": hashlib.sha256(jpeg).hexdigest()}
 
 
-def write_shard_files(out_dir: str, shard_name: str, samples: list[tuple[str, bytes, str, dict]]) -> None:
-    """One shard: the tar (key, jpeg, caption, meta per sample), the meta Parquet and the stats JSON beside it."""
+def failed_meta(key: str, url: str, caption: str) -> dict:
+    """The fields img2dataset writes for a sample it could not download (in the Parquet files only)."""
+    return {"url": url, "caption": caption, "key": key, "status": "failed_to_download",
+            "error_message": "HTTP Error 404: Not Found", "width": None, "height": None, "original_width": None,
+            "original_height": None, "exif": None, "sha256": None}
+
+
+def write_shard_files(out_dir: str, shard_name: str, samples: list[tuple[str, bytes, str, dict]],
+                      layout: str = "webdataset", failed: list[dict] = ()) -> None:
+    """One shard in img2dataset's `layout` (webdataset, parquet or files): the successful `samples` (key, jpeg,
+    caption, meta) and the `failed` ones' meta, with the stats JSON beside it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    with open(os.path.join(out_dir, f"{shard_name}.tar"), "wb") as f, tarfile.open(fileobj=f, mode="w|") as tar:
+    metas = [m for *_, m in samples] + list(failed)
+    if layout == "webdataset":
+        with open(os.path.join(out_dir, f"{shard_name}.tar"), "wb") as f, tarfile.open(fileobj=f, mode="w|") as tar:
+            for key, jpeg, caption, meta in samples:
+                write_tar_sample(tar, key, {"jpg": jpeg, "txt": caption.encode(),
+                                            "json": json.dumps(meta, indent=4).encode()})
+    elif layout == "files":
+        os.makedirs(os.path.join(out_dir, shard_name), exist_ok=True)
         for key, jpeg, caption, meta in samples:
-            write_tar_sample(tar, key, {"jpg": jpeg, "txt": caption.encode(), "json": json.dumps(meta, indent=4).encode()})
-    pq.write_table(pa.Table.from_pylist([m for *_, m in samples]), os.path.join(out_dir, f"{shard_name}.parquet"))
-    stats = {"count": len(samples), "successes": len(samples), "failed_to_download": 0, "failed_to_resize": 0,
-             "duration": 1.0, "start_time": time.time(), "end_time": time.time(), "status_dict": {"success": len(samples)}}
+            for ext, data in (("jpg", jpeg), ("txt", caption.encode()), ("json", json.dumps(meta, indent=4).encode())):
+                with open(os.path.join(out_dir, shard_name, f"{key}.{ext}"), "wb") as f:
+                    f.write(data)
+    elif layout != "parquet":
+        raise ValueError(layout)
+    table = pa.Table.from_pylist(metas)
+    if layout == "parquet":  # the image bytes as the last column, None for failed samples
+        table = table.append_column("jpg", pa.array([j for _, j, _, _ in samples] + [None] * len(failed), pa.binary()))
+    pq.write_table(table, os.path.join(out_dir, f"{shard_name}.parquet"))
+    stats = {"count": len(metas), "successes": len(samples), "failed_to_download": len(failed),
+             "failed_to_resize": 0, "duration": 1.0, "start_time": time.time(), "end_time": time.time(),
+             "status_dict": {"success": len(samples), **({"failed_to_download": len(failed)} if failed else {})}}
     with open(os.path.join(out_dir, f"{shard_name}_stats.json"), "w") as f:
         json.dump(stats, f, indent=4)
 
 
-def synth_as_webdataset(images_dir: str, out_dir: str, shards: int) -> dict[str, dict]:
-    """Every image of the Karpathy file in `images_dir` (its first caption) in `shards` shards under `out_dir`;
-    {key: {"jpeg", "caption", "url", "shard"}} of what was written."""
+def synth_as_webdataset(images_dir: str, out_dir: str, shards: int, layout: str = "webdataset",
+                        failed_per_shard: int = 0) -> dict[str, dict]:
+    """Every image of the Karpathy file in `images_dir` (its first caption) in `shards` shards under `out_dir`, in
+    img2dataset's `layout`, with `failed_per_shard` failed downloads each; {key: {"jpeg", "caption", "url",
+    "shard"}} of the successful samples."""
     with open(os.path.join(images_dir, "dataset_synth.json")) as f:
         entries = json.load(f)["images"]
     os.makedirs(out_dir, exist_ok=True)
@@ -71,7 +97,10 @@ def synth_as_webdataset(images_dir: str, out_dir: str, shards: int) -> dict[str,
             caption, url = entry["sentences"][0]["raw"], f"https://example.com/synth/{entry['filename']}"
             samples.append((key, jpeg, caption, img2dataset_meta(key, url, caption, jpeg)))
             written[key] = {"jpeg": jpeg, "caption": caption, "url": url, "shard": f"{shard:05d}"}
-        write_shard_files(out_dir, f"{shard:05d}", samples)
+        failed = [failed_meta(img2dataset_key(per_shard + i, shard, per_shard + failed_per_shard),
+                              f"https://example.com/gone/{shard}-{i}.jpg", "a lost picture")
+                  for i in range(failed_per_shard)]
+        write_shard_files(out_dir, f"{shard:05d}", samples, layout, failed)
     return written
 
 

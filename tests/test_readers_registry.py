@@ -67,7 +67,7 @@ def test_split_from_name():
 
 
 def test_errors_name_the_input(tmp_path):
-    with pytest.raises(FastslowError, match="'coco': unknown dataset format; known: auto, karpathy, vatex, webdataset, manifest, folder"):
+    with pytest.raises(FastslowError, match="'coco': unknown dataset format; known: auto, karpathy, vatex, webdataset, img2dataset_parquet, manifest, folder"):
         open_dataset(str(tmp_path), format="coco")
     bad = write_file(tmp_path / "broken.json", b'{"images": [')
     with pytest.raises(FastslowError, match=r"broken\.json: not valid JSON \(line 1"):
@@ -76,7 +76,7 @@ def test_errors_name_the_input(tmp_path):
     with pytest.raises(FastslowError, match="other.json: JSON is neither Karpathy"):
         open_dataset(other)
     unknown = write_file(tmp_path / "x.zip", b"PK")
-    with pytest.raises(FastslowError, match="x.zip: unknown dataset format; known: karpathy, vatex, webdataset, manifest, folder"):
+    with pytest.raises(FastslowError, match="x.zip: unknown dataset format; known: karpathy, vatex, webdataset, img2dataset_parquet, manifest, folder"):
         open_dataset(unknown)
     os.makedirs(tmp_path / "empty")
     with pytest.raises(FastslowError, match="empty: folder holds no dataset_\\*.json, vatex_\\*.json, \\*.tar or image/video files"):

@@ -1,4 +1,9 @@
-"""Decoding of encoded images (PIL) and videos (PyAV) into fixed-size uint8 RGB arrays."""
+"""Decoding of encoded images (PIL) and videos (PyAV) into fixed-size uint8 RGB arrays.
+
+A video's sampled frames are reached by seeking to the keyframe before each and decoding on to the exact frame,
+so a long video costs a few GOPs, not every frame; a video file is read in place (storage.open_seekable: ranged
+reads), never whole. Containers that tell no duration are decoded frame by frame.
+"""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from fastslow import storage
 from fastslow.data.types import ReadReport, Sample
 from fastslow.errors import FastslowError
 
-FORMATS = ("karpathy", "vatex", "webdataset", "manifest", "folder")
+FORMATS = ("karpathy", "vatex", "webdataset", "img2dataset_parquet", "manifest", "folder")
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".parquet")
 
 
@@ -144,6 +144,14 @@ def _open_dir(path: str, fmt: str, media_root: str | None) -> DatasetReader:
         return _vatex(vatex, media_root)
     if fmt in ("auto", "webdataset") and tars:
         return WebDatasetReader(tars)
+    if fmt in ("auto", "img2dataset_parquet") and manifests:
+        from fastslow.data.img2dataset_parquet import Img2DatasetParquetReader, is_img2dataset_parquet
+
+        # img2dataset's parquet layout: image bytes in the files. Its other layouts write metadata-only Parquet
+        # beside their tars or folders, which are not items.
+        shards = [f for f in manifests if f.lower().endswith(".parquet") and is_img2dataset_parquet(f)]
+        if shards:
+            return Img2DatasetParquetReader(shards)
     if fmt == "manifest" and manifests:
         return ManifestReader(_only(manifests, "manifest", path), media_root)
     if fmt == "folder" or (fmt == "auto" and _holds_media(path, files)):
@@ -155,6 +163,7 @@ def _open_dir(path: str, fmt: str, media_root: str | None) -> DatasetReader:
         "karpathy": "dataset_*.json",
         "vatex": "vatex_*.json",
         "webdataset": "*.tar",
+        "img2dataset_parquet": "*.parquet with key and image columns",
         "manifest": "*.csv, *.jsonl or *.parquet",
     }[fmt]  # auto: a folder holding only a manifest must name it (--format manifest or the file)
     raise FastslowError(f"{path}: folder holds no {wanted} files")
@@ -203,6 +212,11 @@ def open_dataset(path: str, format: str = "auto", media_root: str | None = None)
         if not storage.exists(path):
             raise FastslowError(f"{path}: no such file")
         return WebDatasetReader([path])
+    if low.endswith(".parquet") and format in ("auto", "img2dataset_parquet"):
+        from fastslow.data.img2dataset_parquet import Img2DatasetParquetReader, is_img2dataset_parquet
+
+        if format == "img2dataset_parquet" or is_img2dataset_parquet(path):
+            return Img2DatasetParquetReader([path])
     if low.endswith(MANIFEST_SUFFIXES) and format in ("auto", "manifest"):
         return ManifestReader(path, media_root)
     if storage.is_dir(path):
