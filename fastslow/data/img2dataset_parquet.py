@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from fastslow import storage
-from fastslow.data.registry import DatasetReader
+from fastslow.data.registry import ShardedReader
 from fastslow.data.types import ReadReport, Sample
 from fastslow.errors import DecodeError, FastslowError
 
@@ -53,28 +53,11 @@ def is_img2dataset_parquet(uri: str) -> bool:
         return False
 
 
-class Img2DatasetParquetReader(DatasetReader):
+class Img2DatasetParquetReader(ShardedReader):
     """Samples of img2dataset Parquet shards; no splits. `data` holds the image bytes."""
 
     def __init__(self, files: list[str]):
-        if not files:
-            raise FastslowError("img2dataset parquet reader given no files")
-        self.files = list(files)
-        self.source = files[0] if len(files) == 1 else f"{files[0]} (+{len(files) - 1} files)"
-
-    def shards(self) -> list[str]:
-        return list(self.files)
-
-    def samples(self, split: str | None, report: ReadReport) -> Iterator[Sample]:
-        self.check_split(split)
-        seen: set[str] = set()
-        for shard in self.files:
-            for sample in self.shard_samples(shard, report):
-                if sample.id in seen:
-                    report.skip(sample.id, sample.uri, "duplicate id (an earlier shard has this key)")
-                    continue
-                seen.add(sample.id)
-                yield sample
+        super().__init__(files, "img2dataset parquet")
 
     def shard_samples(self, shard: str, report: ReadReport) -> Iterator[Sample]:
         try:

@@ -53,6 +53,31 @@ class DatasetReader(ABC):
         return f"{type(self).__name__}({self.source!r})"
 
 
+class ShardedReader(DatasetReader):
+    """A format whose items lie in shard files (`shards()`, each read by `shard_samples`); no splits. Reading it
+    all (`samples`) keeps the first item of an id and reports the same id in a later shard."""
+
+    def __init__(self, shard_uris: list[str], what: str):
+        if not shard_uris:
+            raise FastslowError(f"{what} reader given no shards")
+        self.shard_uris = list(shard_uris)
+        self.source = shard_uris[0] if len(shard_uris) == 1 else f"{shard_uris[0]} (+{len(shard_uris) - 1} shards)"
+
+    def shards(self) -> list[str]:
+        return list(self.shard_uris)
+
+    def samples(self, split: str | None, report: ReadReport) -> Iterator[Sample]:
+        self.check_split(split)
+        seen: set[str] = set()
+        for shard in self.shard_uris:
+            for sample in self.shard_samples(shard, report):
+                if sample.id in seen:
+                    report.skip(sample.id, sample.uri, "duplicate id (an earlier shard has this key)")
+                    continue
+                seen.add(sample.id)
+                yield sample
+
+
 def split_from_name(name: str) -> str:
     """A split name from a file name: train, val, test, else `all`."""
     low = storage.basename(name).lower()

@@ -8,9 +8,8 @@ from collections.abc import Iterator
 
 from fastslow import storage
 from fastslow.data.decode import media_from_extension
-from fastslow.data.registry import DatasetReader
+from fastslow.data.registry import ShardedReader
 from fastslow.data.types import ReadReport, Sample
-from fastslow.errors import FastslowError
 
 
 def _key_and_ext(name: str) -> tuple[str, str]:
@@ -20,7 +19,7 @@ def _key_and_ext(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-class WebDatasetReader(DatasetReader):
+class WebDatasetReader(ShardedReader):
     """Streams each shard (never held whole, also on S3); `Sample.data` holds the media bytes, and `offset`/`size`
     where they lie in the shard, so one item can be read again later with a ranged read.
 
@@ -30,24 +29,7 @@ class WebDatasetReader(DatasetReader):
     """
 
     def __init__(self, shard_uris: list[str]):
-        if not shard_uris:
-            raise FastslowError("webdataset reader given no shards")
-        self.shard_uris = list(shard_uris)
-        self.source = shard_uris[0] if len(shard_uris) == 1 else f"{shard_uris[0]} (+{len(shard_uris) - 1} shards)"
-
-    def shards(self) -> list[str]:
-        return list(self.shard_uris)
-
-    def samples(self, split: str | None, report: ReadReport) -> Iterator[Sample]:
-        self.check_split(split)
-        seen: set[str] = set()
-        for shard in self.shard_uris:
-            for sample in self.shard_samples(shard, report):
-                if sample.id in seen:
-                    report.skip(sample.id, sample.uri, "duplicate id (an earlier shard has this key)")
-                    continue
-                seen.add(sample.id)
-                yield sample
+        super().__init__(shard_uris, "webdataset")
 
     def shard_samples(self, shard: str, report: ReadReport) -> Iterator[Sample]:
         group: dict[str, tuple[bytes, int, int]] = {}  # ext -> (bytes, offset, size)
