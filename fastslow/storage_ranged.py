@@ -69,7 +69,7 @@ class RangedReader(io.RawIOBase):
         return self._pos
 
     def read(self, size: int | None = -1) -> bytes:
-        """Up to `size` bytes from the position (all the rest for -1), from the buffer or one new ranged read."""
+        """Up to `size` bytes from the position (all the rest for -1): from the kept blocks, else by a ranged read."""
         self._checkClosed()
         end = self.size if size is None or size < 0 else min(self.size, self._pos + size)
         parts, at = [], self._pos
