@@ -6,18 +6,17 @@ killed mid-way and submitted again gives the same index as an uninterrupted buil
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import signal
-import tarfile
+import tempfile
 import time
 
 import numpy as np
 import pytest
 from helpers import build, built_by_job, job_id, job_status, job_summary, wait_for
 from media_fixtures import make_jpeg_bytes, random_bytes
-from synth_shards import img2dataset_meta, write_tar_sample
+from img2dataset_fixtures import write_members
+from synth_shards import img2dataset_meta
 
 from fastslow import storage
 from fastslow.index.publish import load_version
@@ -37,11 +36,12 @@ def _good(shard: int, i: int) -> tuple[str, dict[str, bytes]]:
 
 
 def _tar(samples: list[tuple[str, dict[str, bytes]]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w|") as tar:
-        for key, sample in samples:
-            write_tar_sample(tar, key, sample)
-    return buf.getvalue()
+    """The samples' members (each sample's fields in sorted order, as webdataset's TarWriter writes them)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "shard.tar")
+        write_members(path, [(f"{key}.{f}", sample[f]) for key, sample in samples for f in sorted(sample)])
+        with open(path, "rb") as f:
+            return f.read()
 
 
 def write_hostile_shards(folder: str) -> dict:
@@ -55,7 +55,7 @@ def write_hostile_shards(folder: str) -> dict:
     write = lambda n, data: open(os.path.join(folder, f"{n:05d}.tar"), "wb").write(data)  # noqa: E731
     write(0, _tar(shard0[:3] + [not_image, bad_json, no_image] + shard0[3:]))
     good += [k for k, _ in shard0]
-    errors |= {not_image[0]: "not an image", bad_json[0]: "not a JSON object", no_image[0]: "no media member"}
+    errors |= {not_image[0]: "not an image", bad_json[0]: "metadata .json is not JSON", no_image[0]: "no media member"}
     shard1 = [_good(1, i) for i in range(GOOD_PER_SHARD)] + [(shard0[0][0], _good(0, 0)[1])]  # key of shard 0 again
     write(1, _tar(shard1))
     good += [k for k, _ in shard1[:-1]]

@@ -1,7 +1,9 @@
-"""Dataset readers (Karpathy, VATEX, webdataset, manifests, bare folders), media decoding and in-memory splits."""
+"""Dataset readers (Karpathy, VATEX, webdataset, img2dataset Parquet, manifests, bare folders), media decoding
+and in-memory splits."""
 
 from fastslow.data.decode import DecodeConfig, decode_image, decode_sample, decode_video, media_from_extension
 from fastslow.data.folder import FolderReader
+from fastslow.data.img2dataset_parquet import Img2DatasetParquetReader
 from fastslow.data.karpathy import KarpathyReader
 from fastslow.data.loaded import LoadedSplit, load_split
 from fastslow.data.manifest import ManifestReader
@@ -15,6 +17,7 @@ __all__ = [
     "DatasetReader",
     "DecodeConfig",
     "FolderReader",
+    "Img2DatasetParquetReader",
     "KarpathyReader",
     "LoadedSplit",
     "ManifestReader",

@@ -11,6 +11,7 @@ its shard folders (`00000.parquet` next to `00000/`, `00000_stats.json`) are not
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 
 from fastslow import storage
@@ -20,6 +21,7 @@ from fastslow.data.types import ReadReport, Sample
 from fastslow.errors import FastslowError
 
 IGNORED_NAMES = (".ds_store", "thumbs.db")
+_SHARD_STATS = re.compile(r"\d+_stats\.json")  # img2dataset names shards by zero-padded numbers
 
 
 class FolderReader(DatasetReader):
@@ -37,7 +39,7 @@ class FolderReader(DatasetReader):
         files = storage.list_files(self.root)
         if not files:
             raise FastslowError(f"{self.root}: no files found")
-        names = set(files)
+        names, folders = set(files), {f.rpartition("/")[0] for f in files}
         media_stems = {f.rpartition(".")[0] for f in files if media_from_extension(f) is not None}
         for uri in files:
             rel = self._relative(uri)
@@ -46,7 +48,7 @@ class FolderReader(DatasetReader):
                 continue
             if (low.endswith(".txt") and uri[:-4] in media_stems) or (low.endswith(".json") and uri[:-5] in media_stems):
                 continue  # a sidecar caption or metadata, read with its media file
-            if _img2dataset_bookkeeping(uri, names):
+            if _img2dataset_bookkeeping(uri, names, folders):
                 continue
             report.read += 1
             media = media_from_extension(rel)
@@ -57,29 +59,31 @@ class FolderReader(DatasetReader):
             captions = [storage.read_text(caption_uri).strip()] if caption_uri in names else []
             meta_uri = uri.rpartition(".")[0] + ".json"
             meta = _sidecar_meta(meta_uri) if meta_uri in names else {}
-            if meta is None:
-                report.skip(rel, uri, "metadata .json is not a JSON object")
+            if isinstance(meta, str):
+                report.skip(rel, uri, meta)
                 continue
             yield Sample(id=rel, media=media, uri=uri, captions=[c for c in captions if c], meta=meta)
 
 
-def _sidecar_meta(uri: str) -> dict | None:
-    """A sidecar `.json` as a dict; None when it is not a JSON object (the item is reported)."""
+def _sidecar_meta(uri: str) -> dict | str:
+    """A sidecar `.json` as a dict, else why it cannot be the item's metadata (the item is reported)."""
     try:
         meta = json.loads(storage.read_text(uri))
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return meta if isinstance(meta, dict) else None
+        return "metadata .json is not JSON"
+    return meta if isinstance(meta, dict) else "metadata .json is not a JSON object"
 
 
-def _img2dataset_bookkeeping(uri: str, names: set[str]) -> bool:
+def _img2dataset_bookkeeping(uri: str, names: set[str], folders: set[str]) -> bool:
     """img2dataset's files layout writes `{shard}.parquet` (every sample's metadata, failed ones too) and
-    `{shard}_stats.json` beside each `{shard}/` folder: records of the download, not items."""
-    low = uri.lower()
-    if low.endswith("_stats.json"):
+    `{shard}_stats.json` beside each `{shard}/` folder: records of the download, not items, and not unknown
+    files either (reporting them would flood the report with one pair per shard). A shard whose downloads all
+    failed has an empty folder, which a listing of files does not show: its stats file tells it apart."""
+    base = uri.rpartition("/")[2]
+    if _SHARD_STATS.fullmatch(base):
         return True
-    if low.endswith(".parquet"):
-        folder = uri[: -len(".parquet")] + "/"
-        return any(n.startswith(folder) for n in names)
-    return False
+    if not base.lower().endswith(".parquet"):
+        return False
+    shard = uri[: -len(".parquet")]
+    return shard in folders or f"{shard}_stats.json" in names
 

@@ -173,9 +173,10 @@ def _open_dir(path: str, fmt: str, media_root: str | None) -> DatasetReader:
         from fastslow.data.img2dataset_parquet import Img2DatasetParquetReader, is_img2dataset_parquet
 
         # img2dataset's parquet layout: image bytes in the files. Its other layouts write metadata-only Parquet
-        # beside their tars or folders, which are not items.
-        shards = [f for f in manifests if f.lower().endswith(".parquet") and is_img2dataset_parquet(f)]
-        if shards:
+        # beside their tars or folders, which are not items. Only the first file's footer is read: a collection
+        # has thousands of shards (one request or more each on S3); a stray file is reported when read.
+        shards = [f for f in manifests if names[f].endswith(".parquet")]
+        if shards and is_img2dataset_parquet(shards[0]):
             return Img2DatasetParquetReader(shards)
     if fmt == "manifest" and manifests:
         return ManifestReader(_only(manifests, "manifest", path), media_root)
@@ -212,9 +213,11 @@ def open_dataset(path: str, format: str = "auto", media_root: str | None = None)
 
     auto: a Karpathy or VATEX `.json` by content; a folder with `dataset_*.json` (Karpathy, images in
     `media_root`, else `<folder>/images` if present, else the folder), with `vatex_*.json` (VATEX, one
-    split per file, videos in `media_root`, else `<folder>/videos`, else the folder) or with `*.tar`
-    (webdataset); else a bare folder of images and videos (`folder`: ids are relative paths, captions
-    from sidecar `.txt` files); a `.tar` shard; a `.csv`/`.jsonl`/`.parquet` manifest.
+    split per file, videos in `media_root`, else `<folder>/videos`, else the folder), with `*.tar`
+    (webdataset) or with `*.parquet` holding `key` and image columns (img2dataset's parquet layout); else a
+    bare folder of images and videos (`folder`: ids are relative paths, captions from sidecar `.txt` files,
+    metadata from sidecar `.json`: img2dataset's files layout); a `.tar` shard; an img2dataset `.parquet`
+    shard; a `.csv`/`.jsonl`/`.parquet` manifest; a brace pattern of `.tar` or `.parquet` shard names.
     """
     from fastslow.data.manifest import ManifestReader
     from fastslow.data.webdataset import WebDatasetReader
@@ -226,8 +229,13 @@ def open_dataset(path: str, format: str = "auto", media_root: str | None = None)
 
     if has_braces(path):  # shard names as webdataset and img2dataset write them: a missing shard is reported
         shards = expand_braces(path)
+        if format in ("auto", "img2dataset_parquet") and all(s.lower().endswith(".parquet") for s in shards):
+            from fastslow.data.img2dataset_parquet import Img2DatasetParquetReader
+
+            return Img2DatasetParquetReader(shards)
         if format not in ("auto", "webdataset") or not all(s.lower().endswith(".tar") for s in shards):
-            raise FastslowError(f"{path}: a brace pattern must name .tar shards (webdataset)")
+            raise FastslowError(f"{path}: a brace pattern must name .tar shards (webdataset) or .parquet shards "
+                                f"(img2dataset_parquet)")
         return WebDatasetReader(shards)
     if low.endswith(".json"):
         if format not in ("auto", "karpathy", "vatex"):

@@ -26,14 +26,16 @@ class DataConfig:
     val_split: str | None = "val"
     test_split: str | None = "test"
     num_frames: int = DecodeConfig.num_frames
-    # A dataset with no splits (tar shards, a bare folder): this share of its items, chosen by a hash of the id,
-    # is the val split, the rest the train split (fastslow/data/holdout.py).
+    # A dataset with no splits (tar shards, a bare folder, a manifest without a split column): this share of its
+    # items, chosen by a hash of the id, is the val split, the rest the train split; 0: every item trains, no
+    # validation (fastslow/data/holdout.py). Datasets with splits ignore it.
     val_fraction: float = 0.05
 
     def __post_init__(self) -> None:
-        if not 0 < self.val_fraction < 1:
-            raise FastslowError(f"data.val_fraction={self.val_fraction}: expected a share between 0 and 1 "
-                                f"(exclusive); to train without validation set data.val_split=null")
+        if not 0 <= self.val_fraction < 1:
+            raise FastslowError(f"data.val_fraction={self.val_fraction}: expected a share from 0 (no validation "
+                                f"items) up to, not including, 1, e.g. 0.05: the share of a dataset with no splits "
+                                f"held out for validation")
 
 
 def load_data_split(data: DataConfig, split: str | None, image_size: int, progress: bool = True) -> LoadedSplit:

@@ -82,13 +82,13 @@ class WebDatasetReader(ShardedReader):
         media_ext = next((e for e in group if e not in ("txt", "json")), None)
         uri = f"{shard}#{key}.{media_ext or 'txt'}"
         caption = group["txt"][0].decode("utf-8", errors="replace").strip() if "txt" in group else ""
-        meta = _meta(group["json"][0]) if "json" in group else {}
+        meta, bad_meta = _meta(group["json"][0]) if "json" in group else ({}, "")
         if key in seen:
             report.skip(key, uri, "duplicate key in this shard")
         elif media_ext is None:
             report.skip(key, uri, "no media member")
-        elif meta is None:
-            report.skip(key, uri, "metadata .json is not a JSON object")
+        elif bad_meta:
+            report.skip(key, uri, bad_meta)
         elif not caption:
             report.skip(key, uri, "no caption")
         else:
@@ -104,10 +104,10 @@ def _short(e: BaseException) -> str:
     return (str(e) or type(e).__name__)[:80]
 
 
-def _meta(raw: bytes) -> dict | None:
-    """The `.json` member as a dict; None when it is not a JSON object (the item is reported)."""
+def _meta(raw: bytes) -> tuple[dict, str]:
+    """The `.json` member as a dict, and "" or why it is unusable (the item is then reported)."""
     try:
         meta = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return meta if isinstance(meta, dict) else None
+        return {}, "metadata .json is not JSON"
+    return (meta, "") if isinstance(meta, dict) else ({}, "metadata .json is not a JSON object")
