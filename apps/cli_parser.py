@@ -56,8 +56,9 @@ def _train_parser(sub, common: argparse.ArgumentParser) -> None:
                                    "from --config (YAML) with KEY=VALUE overrides, e.g. train.epochs=5 model.vision.kind=tiny_cnn.",
                        epilog="Splits: data.train_split (default train) and data.val_split (default val; null: no "
                               "validation) name the dataset's splits. A dataset with none (tar shards, a folder, a "
-                              "manifest without a split column) trains on every item but a validation share "
-                              "data.val_fraction (default 0.05) held out by a hash of the id.")
+                              "manifest without a split column) needs no split settings: data.val_split is the "
+                              "data.val_fraction share of its items (default 0.05; 0: no validation) held out by a "
+                              "hash of the id, the same in every run, and data.train_split the rest.")
     p.add_argument("model", choices=["fast", "slow", "distill"],
                    help="fast: the dual encoder; slow: the cross-attention captioner; distill: a Fast student "
                         "taught by a Slow checkpoint (teacher=PATH)")
@@ -133,7 +134,9 @@ def _eval_parser(sub, common: argparse.ArgumentParser) -> None:
                        description="R@1, R@5, R@10 and median rank: every caption of the split is a query, "
                                    "the split's items are the gallery.")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (local or s3://)")
-    p.add_argument("--split", default="test", help="split to evaluate (default test; 'all' for every item)")
+    p.add_argument("--split", default="test",
+                   help="split to evaluate (default test; 'all' for every item). A dataset with no splits has only "
+                        "train and val (the 5%% held out by a hash of the id, data.val_fraction's default)")
     p.add_argument("--num-frames", type=int, default=DecodeConfig.num_frames,
                    help=f"frames sampled per video (default {DecodeConfig.num_frames})")
     p.add_argument("--json", dest="json_out", help="also write the metrics to this file")

@@ -89,3 +89,12 @@ def test_errors_name_the_input(tmp_path):
     write_file(tmp_path / "two" / "dataset_b.json", b"{}")
     with pytest.raises(FastslowError, match="several dataset_\\*.json files \\(dataset_a.json, dataset_b.json\\)"):
         open_dataset(str(tmp_path / "two"))
+
+
+def test_a_dataset_without_splits_names_the_split_settings(tmp_path):
+    tar = write_file(tmp_path / "0.tar", make_tar_bytes([("a.jpg", make_jpeg_bytes()), ("a.txt", b"x")]))
+    reader = open_dataset(tar)
+    reader.check_split(None)  # read whole
+    with pytest.raises(FastslowError, match=r"0\.tar has no split information: 'test' cannot be read; set that split "
+                                            r"to null .*data\.test_split=null.*--split all.*data\.val_fraction"):
+        reader.check_split("test")

@@ -87,6 +87,12 @@ class HashHoldout(DatasetReader):
                 yield sample
         self._move_problems(inner, seen_problems, report, want_held_out)
         self._tell(*counts)
+        if split == self.train_split and self.val_split in self.splits() and counts[0] and not counts[1]:
+            # Said now, before training: validation would find nothing only after the whole run.
+            raise FastslowError(
+                f"{self.source} has no split information and data.val_fraction={self.fraction} holds out none of "
+                f"its {counts[0]} items for data.val_split={self.val_split!r}; raise data.val_fraction, or set it "
+                f"to 0 to train on every item without validation")
 
     def _move_problems(self, inner: ReadReport, start: int, report: ReadReport, want_held_out: bool) -> int:
         """Copy the inner report's new problems of this split into `report`; the new start."""

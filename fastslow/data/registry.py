@@ -43,9 +43,11 @@ class DatasetReader(ABC):
             return
         known = self.splits()
         if not known:
-            raise FastslowError(f"{self.source}: has no split information, so split {split!r} cannot be read; "
-                                f"set it to null to read every item (data.train_split, data.val_split, "
-                                f"data.test_split, or --split)")
+            raise FastslowError(f"{self.source} has no split information: {split!r} cannot be read; set that "
+                                f"split to null to read every item (data.test_split=null, data.train_split=null, "
+                                f"data.val_split=null; fastslow eval: --split all; fastslow index: split=null). "
+                                f"Training holds out a data.val_fraction share of such a dataset by a hash of the "
+                                f"id as data.val_split, the rest is data.train_split")
         if split not in known:
             raise FastslowError(f"{self.source}: no split {split!r}; splits: {', '.join(known)}")
 

@@ -33,9 +33,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.val_fraction < 1:
-            raise FastslowError(f"data.val_fraction={self.val_fraction}: expected a share from 0 (no validation "
-                                f"items) up to, not including, 1, e.g. 0.05: the share of a dataset with no splits "
-                                f"held out for validation")
+            raise FastslowError(f"data.val_fraction={self.val_fraction}: expected 0 <= data.val_fraction < 1 (the "
+                                f"share of a dataset with no splits held out for validation, e.g. 0.05; 0: none)")
 
 
 def load_data_split(data: DataConfig, split: str | None, image_size: int, progress: bool = True) -> LoadedSplit:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from fastslow.data.source import DataConfig
+from fastslow.data.holdout import val_split_to_read
 from fastslow.data.loaded import LoadedSplit
 from fastslow.data.source import load_data_split
 from fastslow.errors import FastslowError
@@ -151,10 +152,11 @@ def add_transfer_set(cfg, train: LoadedSplit, teacher: SlowModel, teacher_pixels
 
 def validate(kind: str, cfg, model, progress: bool = True) -> dict:
     """{"val": metrics} of a trained model on the validation split ({} without one); Slow ranks a capped gallery."""
-    if not cfg.data.val_split:
+    split = val_split_to_read(cfg.data)  # None also where data.val_fraction=0 holds nothing out
+    if not split:
         return {}
-    val = load_data_split(cfg.data, cfg.data.val_split, cfg.model.vision.image_size, progress)
+    val = load_data_split(cfg.data, split, cfg.model.vision.image_size, progress)
     result = evaluate_slow(model, val, progress=progress) if kind == "slow" else evaluate_fast(model, val)
-    return {"val": result_summary(result, cfg.data.val_split)}
+    return {"val": result_summary(result, split)}
 
 
