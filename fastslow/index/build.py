@@ -105,7 +105,7 @@ def version_name(model_sha: str, rows: list[dict], cfg: IndexRunConfig, shards: 
 
 def check_plan(build_dir: str, plan: list[list[dict]]) -> None:
     """Write the build's plan, or check it is the one already there (a build dir is never reused for another)."""
-    text = json.dumps([part["shard"] if isinstance(part, dict) else [r["id"] for r in part] for part in plan])
+    text = json.dumps([part["shard"] if is_shard_entry(part) else [r["id"] for r in part] for part in plan])
     uri = storage.join(build_dir, PLAN)
     if storage.exists(uri):
         if storage.read_text(uri) != text:
@@ -134,7 +134,7 @@ def collect(build_dir: str, plan: list, root: str):
 
     tables, errors, shard_read, first_shard = [], [], 0, {}
     for p, entry in enumerate(plan):
-        table, errs = parts.read_partition(build_dir, p)
+        table, errs = parts.read_partition(build_dir, p, is_shard_entry(entry))
         if is_shard_entry(entry):
             shard_read += table.num_rows + len(errs)
         keep = []
@@ -216,7 +216,8 @@ class IndexBuild:
         """The partitions with no output yet (none once the version is written)."""
         if self.published:
             return []
-        return [p for p in range(len(self.plan)) if not parts.is_written(self.build_dir, p)]
+        return [p for p, entry in enumerate(self.plan)
+                if not parts.is_written(self.build_dir, p, is_shard_entry(entry))]
 
     def decode_config(self) -> DecodeConfig:
         return DecodeConfig(image_size=self.model["config"]["vision"]["image_size"], num_frames=self.cfg.data.num_frames)

@@ -44,25 +44,26 @@ def partition_files(build_dir: str, partition: int) -> tuple[str, str]:
     return storage.join(build_dir, EMBEDDINGS, f"{name}.parquet"), storage.join(build_dir, ERRORS, f"{name}.jsonl")
 
 
-def is_written(build_dir: str, partition: int) -> bool:
-    """Whether the partition is done: its embeddings file (written last) exists, or for a shard partition the
-    marker written once all its chunks are."""
+def is_written(build_dir: str, partition: int, sharded: bool = False) -> bool:
+    """Whether the partition is done: its embeddings file (written last) exists, or for a shard partition
+    (`sharded`) the marker written once all its chunks are."""
     from fastslow.index.shard_partition import written_chunks
 
-    return storage.exists(partition_files(build_dir, partition)[0]) or written_chunks(build_dir, partition) is not None
+    if sharded:
+        return written_chunks(build_dir, partition) is not None
+    return storage.exists(partition_files(build_dir, partition)[0])
 
 
-def _decode_item(item: dict, cfg: DecodeConfig) -> tuple[np.ndarray, bytes | dict]:
-    """The item's pixels and what media_info reads its info from: an image's bytes, or a video's info as read
-    while decoding (a video file is streamed by ranged reads, never read whole)."""
-    sample = Sample(id=item["id"], media=item["media"], uri=item["uri"], captions=[])
-    if item["media"] == "image":
+def decode_with_info(sample: Sample, cfg: DecodeConfig) -> tuple[np.ndarray, dict]:
+    """The sample's pixels and its media info (media_info): an image's from its bytes, a video's as read while
+    decoding (a video file is streamed by ranged reads, never read whole). Inline bytes are used as they are."""
+    if sample.media == "image":
         data = read_sample_bytes(sample)
-        return decode_image(data, cfg.image_size), data
-    if item["media"] == "video":
+        return decode_image(data, cfg.image_size), media_info(data, "image")
+    if sample.media == "video":
         report: dict = {}
-        return decode_video_sample(sample, cfg, report), report["info"]
-    raise DecodeError(f"unknown media type {item['media']!r}")
+        return decode_video_sample(sample, cfg, report), media_info(report["info"], "video")
+    raise DecodeError(f"unknown media type {sample.media!r}")
 
 
 def decode_entry(partition: int, entry, cfg: DecodeConfig) -> Iterator[DecodedPartition]:
@@ -84,12 +85,13 @@ def decode_partition(partition: int, items: list[dict], cfg: DecodeConfig) -> De
     out, pixels = DecodedPartition(int(partition)), []
     for item in items:
         try:
-            array, data = _decode_item(item, cfg)
+            array, info = decode_with_info(Sample(id=item["id"], media=item["media"], uri=item["uri"], captions=[]),
+                                           cfg)
         except DecodeError as e:
             out.errors.append({"id": item["id"], "uri": item["uri"], "reason": str(e) or "undecodable"})
             continue
         pixels.append(array)
-        out.items.append({**item, **media_info(data, item["media"])})
+        out.items.append({**item, **info})
     out.pixels = np.stack(pixels) if pixels else None
     return out
 
@@ -170,17 +172,16 @@ def run_partition(build_dir: str, partition: int, entry, cfg: DecodeConfig, embe
     return counts
 
 
-def read_partition(build_dir: str, partition: int):
-    """A written partition's (pyarrow table with its embeddings, errors)."""
-    import pyarrow.parquet as pq
-
+def read_partition(build_dir: str, partition: int, sharded: bool = False):
+    """A written partition's (pyarrow table with its embeddings, errors); a shard partition's (`sharded`) from
+    all its chunks."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from fastslow.index.shard_partition import chunk_files, written_chunks
 
-    chunks = written_chunks(build_dir, partition)
-    files = ([partition_files(build_dir, partition)] if chunks is None
-             else [chunk_files(build_dir, partition, c) for c in range(chunks)])
+    files = ([chunk_files(build_dir, partition, c) for c in range(written_chunks(build_dir, partition))] if sharded
+             else [partition_files(build_dir, partition)])
     tables, errors = [], []
     for emb_uri, err_uri in files:
         tables.append(pq.read_table(io.BytesIO(storage.read_bytes(emb_uri))))

@@ -17,9 +17,10 @@ from collections.abc import Iterator
 import numpy as np
 
 from fastslow import storage
-from fastslow.data.decode import DecodeConfig, decode_sample, media_info
+from fastslow.data.decode import DecodeConfig
 from fastslow.data.types import ReadReport, Sample
 from fastslow.errors import DecodeError
+from fastslow.index.partition import EMBEDDINGS, ERRORS, decode_with_info
 
 
 def shard_entry(shard: str, media: str | None, chunk: int, metadata_drop: list[str]) -> dict:
@@ -47,10 +48,9 @@ def open_shard(shard: str):
     return WebDatasetReader([shard])
 
 
-def _item(sample: Sample, drop: list[str]) -> dict:
+def _item(sample: Sample, drop: list[str], info: dict) -> dict:
     return {"id": sample.id, "media": sample.media, "uri": sample.uri, "captions": list(sample.captions),
-            "offset": sample.offset, "size": sample.size, "meta": kept_meta(sample.meta, drop),
-            **media_info(sample.data, sample.media)}
+            "offset": sample.offset, "size": sample.size, "meta": kept_meta(sample.meta, drop), **info}
 
 
 class ShardChunks:
@@ -76,8 +76,9 @@ class ShardChunks:
                                "reason": f"not {'an image' if media == 'image' else 'a video'}"})
             else:
                 try:
-                    pixels.append(decode_sample(sample, self.cfg))
-                    items.append(_item(sample, drop))
+                    array, info = decode_with_info(sample, self.cfg)
+                    pixels.append(array)
+                    items.append(_item(sample, drop, info))
                 except DecodeError as e:
                     errors.append({"id": sample.id, "uri": sample.uri, "shard": shard,
                                    "reason": str(e) or "undecodable"})
@@ -90,15 +91,11 @@ class ShardChunks:
 
 def chunk_files(build_dir: str, partition: int, chunk: int) -> tuple[str, str]:
     """(embeddings Parquet, errors JSONL) of one chunk of a shard partition."""
-    from fastslow.index.partition import EMBEDDINGS, ERRORS
-
     name = f"part-{partition:05d}.chunk-{chunk:05d}"
     return storage.join(build_dir, EMBEDDINGS, f"{name}.parquet"), storage.join(build_dir, ERRORS, f"{name}.jsonl")
 
 
 def done_file(build_dir: str, partition: int) -> str:
-    from fastslow.index.partition import EMBEDDINGS
-
     return storage.join(build_dir, EMBEDDINGS, f"part-{partition:05d}.done.json")
 
 
