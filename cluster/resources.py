@@ -1,7 +1,10 @@
 """What each stage asks the cluster for, in one place: GPUs where the cluster has them, CPUs otherwise.
 
 Configs say `auto` (the default) or a number; `auto` is resolved against the connected cluster when a
-job or the app starts, so one config runs on a laptop, a CPU cluster and a GPU cluster. The node types
+job or the app starts, so one config runs on a laptop, a CPU cluster and a GPU cluster. The rule: `auto` asks
+for a GPU when a node up now has one or when a node type the cluster's autoscaler can launch has one
+(cluster/node_types.py), so a cluster whose GPU workers start at 0 gets them added on demand; a cluster with
+neither runs on CPUs. The node types
 of ray_cluster.yaml carry custom resources (`fastslow_gpu`, `fastslow_cpu`); a stage asks for a sliver
 of its node type's resource where the cluster has it, which keeps GPU stages on GPU nodes and the
 retriever shards off them.
@@ -17,9 +20,19 @@ SLIVER = 0.001  # how much of a node-type resource one actor takes: placement on
 
 
 def cluster_resources() -> dict:
+    """Resources of the nodes up now, and of one node of each type the autoscaler can launch (per resource, the
+    larger): what a stage may ask for and get, possibly after the autoscaler has added a node."""
     import ray
 
-    return ray.cluster_resources() if ray.is_initialized() else {}
+    if not ray.is_initialized():
+        return {}
+    from cluster.node_types import launchable_node_types
+
+    have = dict(ray.cluster_resources())
+    for resources in (launchable_node_types(ray.get_runtime_context().gcs_address) or {}).values():
+        for key, value in resources.items():
+            have[key] = max(have.get(key, 0.0), value)
+    return have
 
 
 def cluster_gpus(resources: dict | None = None) -> float:
@@ -46,6 +59,13 @@ def actor_options(num_cpus: float, num_gpus: float, resources: dict | None = Non
     if node in have:
         options["resources"] = {node: SLIVER}
     return options
+
+
+def cpu_task_options(resources: dict | None = None) -> dict:
+    """Ray options of a CPU task (decoding, writing): the CPU node type's resource where the cluster has it, which
+    keeps such tasks off GPU nodes, whose CPUs feed their GPUs."""
+    have = cluster_resources() if resources is None else resources
+    return {"resources": {CPU_NODE: SLIVER}} if CPU_NODE in have else {}
 
 
 def worker_resources(cpus: float, gpu: bool, resources: dict | None = None) -> dict:

@@ -1,8 +1,18 @@
-"""Process environment that keeps every entry point on 127.0.0.1 and offline.
+"""Process environment that keeps a Ray this program starts on this machine on 127.0.0.1 and offline.
 
 Ray probes cloud-metadata addresses at start-up and binds to the host's routable
 address unless these are set before it starts; model hubs must not be reached.
-Values already set by the user win.
+Values already set by the user win. Applied only where a local Ray starts (cluster.connect.connect without an
+address, the demo, the tests, the benchmarks), never on a cluster: there the dead proxy would keep botocore from
+an instance profile's credentials (shared RAY_NOTES, "On a real cluster").
+
+Ray 2.60 has no setting that turns the dashboard's cloud-metadata probe off: at every cluster start its usage-stats
+module (dashboard/modules/usage_stats/usage_stats_head.py, `run`; the one module Ray still loads with
+include_dashboard=False) calls ray._common.usage.usage_lib.get_cluster_config_to_report, whose
+get_cloud_from_metadata_requests asks 169.254.169.254 and metadata.google.internal even with usage stats off.
+Its only off-switch is the presence of ~/ray_bootstrap_config.yaml (which the cluster launcher writes on the heads
+it starts), and a local run should not fake that file in a user's home; so the dead proxy below stays, for local
+runs only.
 """
 
 from __future__ import annotations

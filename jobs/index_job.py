@@ -27,7 +27,7 @@ def _run_pipeline(build: IndexBuild, pending: list[int]) -> None:
     import ray.data
 
     from actors.index_stages import FastEmbedder, decode_stage, write_stage
-    from cluster.resources import actor_options, gpus_per_actor
+    from cluster.resources import actor_options, cpu_task_options, gpus_per_actor
     from fastslow.index.shard_partition import ChunkTracker
 
     cfg = build.cfg
@@ -35,13 +35,14 @@ def _run_pipeline(build: IndexBuild, pending: list[int]) -> None:
     ray.data.DataContext.get_current().raise_original_map_exception = True
     items = [{"partition": p, "items": json.dumps(build.plan[p])} for p in pending]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(decode_stage, batch_size=1, fn_kwargs={"cfg": build.decode_config()})
+    cpu_tasks = cpu_task_options()
+    ds = ds.map_batches(decode_stage, batch_size=1, fn_kwargs={"cfg": build.decode_config()}, **cpu_tasks)
     options = actor_options(1.0, gpus_per_actor(cfg.embed.num_gpus))
     ds = ds.map_batches(FastEmbedder, batch_size=1, num_cpus=options["num_cpus"], num_gpus=options["num_gpus"] or None,
                         resources=options.get("resources"),
                         fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "batch_size": cfg.embed.batch_size},
                         compute=ray.data.ActorPoolStrategy(size=cfg.embed.concurrency))
-    ds = ds.map_batches(write_stage, batch_size=1, fn_kwargs={"build_dir": build.build_dir})
+    ds = ds.map_batches(write_stage, batch_size=1, fn_kwargs={"build_dir": build.build_dir}, **cpu_tasks)
     tracker = ChunkTracker(build.build_dir)  # a shard partition is done once all its chunks are written
     try:
         for batch in ds.iter_batches(batch_size=None):

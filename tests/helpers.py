@@ -167,9 +167,17 @@ def job_submitter(ray_head: str, repo: str = REPO):
 
     def submit(job_id: str, module: str, *args: str, runtime_env: str | None = None) -> JobSubmissionClient:
         extra = ["--runtime-env-json", runtime_env] if runtime_env else []
-        subprocess.run([ray, "job", "submit", "--address", ray_head, "--working-dir", repo, "--submission-id",
-                        job_id, *extra, "--no-wait", "--", sys.executable, "-m", module, *args],
-                       check=True, capture_output=True, timeout=120)
+        cmd = [ray, "job", "submit", "--address", ray_head, "--working-dir", repo, "--submission-id", job_id, *extra,
+               "--no-wait", "--", sys.executable, "-m", module, *args]
+        deadline = time.time() + 60
+        while True:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            # A head that has just started may not have registered its job agent yet ("try again later").
+            if proc.returncode == 0 or "No available agent" not in proc.stderr or time.time() > deadline:
+                break
+            time.sleep(2)
+        if proc.returncode != 0:
+            raise AssertionError(f"ray job submit {module} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
         submitted.append(job_id)
         return client
 

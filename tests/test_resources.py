@@ -1,6 +1,8 @@
 """GPU or CPU from one config: what each stage asks the cluster for, mixed precision only on a GPU, FAISS on the
 CPU where faiss-gpu or a GPU is missing."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -78,3 +80,35 @@ def test_relative_paths_land_under_the_cluster_storage_root(monkeypatch, tmp_pat
     monkeypatch.setenv("FASTSLOW_STORAGE_ROOT", "s3://bucket/fastslow")
     assert storage_path("runs/fast") == "s3://bucket/fastslow/runs/fast"
     assert storage_path("/data/x") == "/data/x" and storage_path("s3://other/y") == "s3://other/y"
+
+
+def test_auto_counts_the_node_types_the_autoscaler_can_launch(monkeypatch):
+    """ray_cluster.yaml starts GPU workers at 0: `auto` must still ask for a GPU because the autoscaler can add one,
+    and a cluster with no GPU node type runs on CPUs."""
+    import yaml
+
+    import cluster.node_types as node_types
+    import cluster.resources as resources
+    from cluster.node_types import node_types_from_config
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "ray_cluster.yaml")) as f:
+        launcher = yaml.safe_load(f)
+    types = node_types_from_config(launcher)
+    assert set(types) == {"gpu_worker", "cpu_worker"}  # the head (max_workers 0) launches nothing
+    assert types["gpu_worker"]["fastslow_gpu"] == 1 and "fastslow_gpu" not in types["cpu_worker"]
+
+    # No node up but the head; what the autoscaler of each config can add decides.
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 0.0, "node:__internal_head__": 1.0})
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: type("C", (), {"gcs_address": "head:6379"})())
+    for launchable, gpu in (({"gpu_worker": {"CPU": 8.0, "GPU": 1.0, "fastslow_gpu": 1.0},
+                              "cpu_worker": {"CPU": 8.0, "fastslow_cpu": 1.0}}, True),
+                            ({"cpu_worker": {"CPU": 8.0, "fastslow_cpu": 1.0}}, False),
+                            (None, False)):
+        monkeypatch.setattr(node_types, "launchable_node_types", lambda address, t=launchable: t)
+        have = resources.cluster_resources()
+        assert use_gpu("auto", have) is gpu and gpus_per_actor("auto", have) == float(gpu)
+        assert actor_options(1.0, gpus_per_actor("auto", have), have).get("resources") == (
+            {"fastslow_gpu": 0.001} if gpu else {"fastslow_cpu": 0.001} if launchable else None)
