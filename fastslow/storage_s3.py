@@ -95,6 +95,7 @@ def _s3_error(uri: str, e: BaseException) -> FastslowError:
     """The FastslowError for a boto error (managed transfers wrap the ClientError: look behind them)."""
     from botocore.exceptions import ClientError, HTTPClientError, NoCredentialsError
     from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import ProxyConnectionError
 
     if isinstance(e, ClientError):
         code = str(e.response.get("Error", {}).get("Code", ""))
@@ -109,6 +110,12 @@ def _s3_error(uri: str, e: BaseException) -> FastslowError:
         return FastslowError(f"{uri}: S3 error {code}")
     if isinstance(e, NoCredentialsError):
         return FastslowError(f"{uri}: no AWS credentials found (standard boto3 credential chain)")
+    if isinstance(e, ProxyConnectionError):
+        # Also raised by the credential lookup itself (instance metadata through a proxy), before any S3 call.
+        proxy = e.kwargs.get("proxy_url") or "the HTTP(S)_PROXY of the environment"
+        return StorageUnavailableError(f"{uri}: could not connect through the proxy {proxy} (for the S3 endpoint "
+                                       f"{_s3_endpoint() or 'AWS'} or the credential lookup): check HTTP_PROXY, "
+                                       "HTTPS_PROXY and NO_PROXY")
     if isinstance(e, (BotoConnectionError, HTTPClientError)):
         return StorageUnavailableError(f"{uri}: S3 endpoint {_s3_endpoint() or 'AWS'} unreachable "
                                        f"({type(e).__name__} after {_max_attempts()} tries)")

@@ -125,6 +125,21 @@ def test_unreachable_s3_is_storage_unavailable_never_an_item_error(monkeypatch, 
         storage.read_bytes("s3://b/k.jpg")
 
 
+def test_a_dead_proxy_is_named_not_called_an_unreachable_endpoint(monkeypatch):
+    """A proxy that refuses connections (botocore honours HTTP_PROXY, for the credential lookup too): the error says
+    so and names the proxy, instead of blaming the S3 endpoint."""
+    from cluster.connect import free_port
+    from fastslow.errors import StorageUnavailableError
+
+    proxy = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("FASTSLOW_S3_ENDPOINT", "http://s3.example.internal:9000")  # not in no_proxy
+    for key in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(key, proxy)
+    monkeypatch.setenv(storage.MAX_ATTEMPTS_ENV, "1")
+    with pytest.raises(StorageUnavailableError, match=f"s3://b/k.jpg: could not connect through the proxy {proxy}"):
+        storage.read_bytes("s3://b/k.jpg")
+
+
 def test_user_error_is_found_behind_causes_and_ray_wrapping():
     from fastslow.errors import StorageUnavailableError, user_error
 
