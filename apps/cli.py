@@ -73,7 +73,15 @@ def _cmd_serve(args) -> dict | None:
     from cluster.connect import connect, free_port
     from cluster.connect import storage_path as absolute
     from serve_app.launch import start_app, stop_serving, wait_until_interrupted
+    from serve_app.remote_deploy import deploy_as_job, is_dashboard_url
 
+    if is_dashboard_url(args.address):
+        # From anywhere the dashboard answers: a Ray job deploys the app with this project's tree and waits on the
+        # head's proxy (serve_app/remote_deploy.py); paths are resolved on the cluster.
+        endpoint = deploy_as_job(args.address, args.config, args.index_root, args.fast, args.slow, port=args.port,
+                                 python=args.cluster_python)
+        print(_reach(endpoint), flush=True)
+        return endpoint
     paths = [absolute(p) if p else "" for p in (args.index_root, args.fast, args.slow)]
     if _ray_address(args.address):
         connect(_ray_address(args.address), log_to_driver=False)
@@ -87,6 +95,18 @@ def _cmd_serve(args) -> dict | None:
     finally:
         stop_serving()
     return None
+
+
+def _reach(endpoint: dict) -> str:
+    """How to reach an app deployed by `fastslow serve --address URL`: its URL on the head, and, for a proxy on the
+    head's loopback, the port forwarding that brings it here (as `ray dashboard` does for the dashboard)."""
+    url, port = endpoint["url"], endpoint["port"]
+    line = f"index version {endpoint['index_version']} is served at {url}/ on the cluster's head (deploy job {endpoint['job']})"
+    if endpoint["host"] in ("127.0.0.1", "localhost", "::1"):
+        line += (f"; it listens on the head's loopback only: from another machine, forward it first with "
+                 f"`ray dashboard ray_cluster.yaml --port {port} --remote-port {port}` (or ssh -L {port}:127.0.0.1:{port} "
+                 f"HEAD), then search {url}/")
+    return line
 
 
 def _cmd_search(args) -> dict | None:

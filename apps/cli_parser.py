@@ -87,13 +87,25 @@ def _serve_parser(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("serve", parents=[common], help="deploy the search app (Ray Serve) and serve until Ctrl-C",
                        description="Deploy the app from its Serve config YAML with this index and these models, wait "
                                    "until every shard and the re-ranker answer, and print the URL. On this machine it "
-                                   "serves until Ctrl-C; with --address it deploys to the cluster and returns.")
+                                   "serves until Ctrl-C; with --address it deploys to the cluster and returns. With "
+                                   "the cluster's dashboard URL (http://HOST:8265, as `ray job submit` takes; from "
+                                   "outside the cluster after `ray dashboard ray_cluster.yaml`) a Ray job deploys it "
+                                   "with this project's source tree, the code the jobs run, and waits on the cluster.")
     p.add_argument("--index-root", required=True, help="index folder (the one `fastslow index --root` wrote)")
     p.add_argument("--fast", required=True, help="the Fast checkpoint the index was built with")
     p.add_argument("--slow", default="", help="the Slow checkpoint that re-ranks (default: none, Fast order only)")
     p.add_argument("--config", default=str(SERVE_CONFIG), help=f"Serve config YAML (default {SERVE_CONFIG.name})")
-    p.add_argument("--port", type=int, default=None, help=f"HTTP port on 127.0.0.1 (default: the YAML's, else {DEFAULT_PORT})")
-    _add_address(p, "the app is deployed to its Serve and keeps running there")
+    p.add_argument("--port", type=int, default=None, help=f"HTTP port of Serve's proxy, on 127.0.0.1 here or on the "
+                                                           f"cluster's head (default: the YAML's, else {DEFAULT_PORT})")
+    p.add_argument("--address", help="Ray cluster to deploy to; the app keeps running there. Its dashboard URL "
+                                     "(http://HOST:8265): deployed by a Ray job with this project's code, waited on "
+                                     "inside the cluster, paths resolved there (FASTSLOW_STORAGE_ROOT for relative "
+                                     "ones). A GCS address (HOST:6379, auto, ray://...): joined from here, local "
+                                     f"paths made absolute here. `{LOCAL_RAY}`: RAY_ADDRESS or a Ray started here. "
+                                     "Default: a Ray on this machine, served until Ctrl-C")
+    p.add_argument("--cluster-python", default="python",
+                   help="with a dashboard URL as --address: the Python on the cluster's head that runs the deploy job "
+                        "(default: python, as ray_cluster.yaml's nodes have it)")
 
 
 def _search_parser(sub, common: argparse.ArgumentParser) -> None:

@@ -1,6 +1,7 @@
 """Launching the app: deploy it from its Serve config YAML the way `serve deploy` does (through the dashboard's REST
 API), wait until it answers, and (on a local Ray, for `fastslow serve` and the demo) serve until Ctrl-C, then shut
-Serve and Ray down. Used by the command line, the demo, the tests and the serving benchmark.
+Serve and Ray down. Used by the command line, the demo, the tests and the serving benchmark; on a cluster reached
+through its dashboard URL, by the deploy job (serve_app/remote_deploy.py).
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ def load_serve_config(path: str) -> dict:
 
 
 def with_settings(config: dict, args: dict | None = None, port: int | None = None,
-                  deployments: dict[str, dict] | None = None, env: dict[str, str] | None = None) -> dict:
+                  deployments: dict[str, dict] | None = None, env: dict[str, str] | None = None,
+                  code: dict | None = None) -> dict:
     """A copy of `config` with the app's `args` updated, the HTTP port set, per-deployment options merged in
-    (by deployment name) and environment variables for every replica."""
+    (by deployment name), environment variables for every replica, and `code` (runtime_env `working_dir` and/or
+    `py_modules`) replacing the app's own."""
     config = copy.deepcopy(config)
     app = _app(config)
     app.setdefault("args", {}).update(args or {})
@@ -52,6 +55,11 @@ def with_settings(config: dict, args: dict | None = None, port: int | None = Non
         entries[name].update(options)
     if env:
         app.setdefault("runtime_env", {}).setdefault("env_vars", {}).update(env)
+    if code:
+        runtime_env = app.setdefault("runtime_env", {})
+        for key in ("working_dir", "py_modules"):
+            runtime_env.pop(key, None)
+        runtime_env.update(code)
     return config
 
 
@@ -121,14 +129,21 @@ def dashboard_address() -> str:
     return url if url.startswith("http") else f"http://{url}"
 
 
+READY_TIMEOUT_S = 600.0
+
+
+def app_args(index_root: str, fast_checkpoint: str, slow_checkpoint: str | None) -> dict:
+    """The app's `args` naming its index and models."""
+    return {"index_root": index_root, "fast_checkpoint": fast_checkpoint, "slow_checkpoint": slow_checkpoint or ""}
+
+
 def start_app(config_path: str, index_root: str, fast_checkpoint: str, slow_checkpoint: str | None,
-              port: int | None = None, ready_timeout_s: float = 600.0, extra_args: dict | None = None) -> str:
+              port: int | None = None, ready_timeout_s: float = READY_TIMEOUT_S, extra_args: dict | None = None) -> str:
     """Deploy the app of `config_path` with these models and index (what `serve deploy` does) and wait for /readyz.
 
     Returns the base URL. Ray must be connected (cluster.connect.connect).
     """
-    args = {"index_root": index_root, "fast_checkpoint": fast_checkpoint, "slow_checkpoint": slow_checkpoint or "",
-            **(extra_args or {})}
+    args = {**app_args(index_root, fast_checkpoint, slow_checkpoint), **(extra_args or {})}
     from cluster.connect import worker_env
 
     # The S3 endpoint and offline settings reach the replicas too (credentials never: nodes have their own chain).
@@ -137,6 +152,15 @@ def start_app(config_path: str, index_root: str, fast_checkpoint: str, slow_chec
     url = base_url(config)
     wait_ready(url, timeout=ready_timeout_s)
     return url
+
+
+def serving_address() -> tuple[str, int]:
+    """(host, port) Serve's HTTP proxy listens on, as the running Serve has them: a Serve already up keeps its
+    HTTP options whatever a later config says (the dashboard only logs a warning)."""
+    from ray.serve.context import _get_global_client
+
+    http = _get_global_client().http_config
+    return http.host, int(http.port)
 
 
 def wait_until_interrupted() -> None:

@@ -24,7 +24,7 @@ import numpy as np
 
 from fastslow import storage
 from fastslow.errors import FastslowError
-from fastslow.index.shards import IndexSpec
+from fastslow.index.shards import IndexSpec, import_faiss
 
 FORMAT = "fastslow-index"
 FORMAT_VERSION = 1
@@ -54,7 +54,7 @@ def write_version(root: str, version: str, indexes: list, rows: list[np.ndarray]
     `metadata`: a pyarrow Table with one row per item in global row order (an `id` column at least).
     `model`: the identity of the model that embedded the items (checkpoint URI and weights sha256).
     """
-    import faiss
+    faiss = import_faiss()
     import pyarrow.parquet as pq
 
     base = version_dir(root, version)
@@ -152,7 +152,7 @@ def _checked(uri: str, expected: str) -> bytes:
 def load_version(root: str, version: str | None = None, shards: list[int] | None = None,
                  expect_dim: int | None = None, expect_model_sha256: str | None = None) -> LoadedIndex:
     """Load a version (default: CURRENT), only `shards` if given, after verifying it against its manifest."""
-    import faiss
+    faiss = import_faiss()
     import pyarrow.parquet as pq
 
     version = version or current_version(root)

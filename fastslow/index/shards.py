@@ -23,6 +23,17 @@ METRICS = ("ip", "l2")
 TIE_FETCH = 256  # at most this many results past k are fetched to order a tie at the k-th place by row
 
 
+def import_faiss():
+    """The `faiss` module, or a one-line error naming the extras that install it."""
+    try:
+        import faiss
+    except ImportError as e:
+        # FAISS is in no base dependency: its CPU and GPU builds install the same module (pyproject.toml).
+        raise FastslowError(f"FAISS is not installed ({e}): pip install -e '.[cpu]' (faiss-cpu), or on a GPU node "
+                            "pip install -e '.[gpu]' (faiss-gpu-cu12), never both") from None
+    return faiss
+
+
 @dataclass
 class IndexSpec:
     """How to index: FAISS factory string, metric, number of shards, training sample size."""
@@ -48,14 +59,14 @@ def shard_of(item_id: str, shards: int) -> int:
 
 
 def _faiss_metric(metric: str):
-    import faiss
+    faiss = import_faiss()
 
     return faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
 
 
 def empty_index(spec: IndexSpec, dim: int, train_vectors: np.ndarray):
     """An empty index of `spec.factory`, trained on `train_vectors` when the type needs training."""
-    import faiss
+    faiss = import_faiss()
 
     try:
         index = faiss.index_factory(dim, spec.factory, _faiss_metric(spec.metric))
@@ -81,7 +92,7 @@ def empty_index(spec: IndexSpec, dim: int, train_vectors: np.ndarray):
 
 def _add(index, vectors: np.ndarray) -> None:
     """Add rows at positions 0, 1, ...; an IDMap index is given those positions as its ids."""
-    import faiss
+    faiss = import_faiss()
 
     if isinstance(faiss.downcast_index(index), (faiss.IndexIDMap, faiss.IndexIDMap2)):
         index.add_with_ids(vectors, np.arange(index.ntotal, index.ntotal + len(vectors), dtype=np.int64))
@@ -94,7 +105,7 @@ def build_shards(ids: list[str], vectors: np.ndarray, spec: IndexSpec) -> tuple[
 
     Rows are positions in `ids`; within a shard they are ordered by id.
     """
-    import faiss
+    faiss = import_faiss()
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or len(vectors) != len(ids):
@@ -128,7 +139,7 @@ def search_params(index, nprobe: int | None = None, ef_search: int | None = None
 
     Passed to `index.search(..., params=...)`: a shared index is never mutated per query.
     """
-    import faiss
+    faiss = import_faiss()
 
     ix = faiss.downcast_index(index)
     if isinstance(ix, faiss.IndexPreTransform):
@@ -164,7 +175,7 @@ def on_gpu(index, nprobe: int | None = None):
     """(index, gpu resources): a GPU copy of `index` where faiss-gpu is installed and a GPU is visible, with its
     nprobe set on the copy (this process's own, so no per-call parameters are needed), else `index` and None.
     Index types FAISS cannot move to a GPU (HNSW, ...), or whose copy does not take nprobe, stay on the CPU."""
-    import faiss
+    faiss = import_faiss()
 
     if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
         return index, None
