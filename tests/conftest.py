@@ -63,7 +63,7 @@ def s3_bucket(moto_endpoint):
 
 
 from cluster.connect import free_port  # noqa: E402 - after the environment above is set
-from helpers import job_submitter  # noqa: E402 - after the environment above is set
+from helpers import job_submitter, stop_ray_node, wait_for_dashboard  # noqa: E402 - after the environment above is set
 
 
 class RayHead(str):
@@ -88,16 +88,23 @@ def ray_head():
     dashboard_port, gcs_port = free_port(), free_port()
     # Ray's socket paths must stay short: a temp dir directly under /tmp.
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
-                    "--num-cpus=2", "--object-store-memory=400000000", "--include-dashboard=true",
-                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}",
-                    "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
+    log = open(os.path.join(temp_dir, "ray_start.log"), "w")
+    # `--block` in a session of its own: stopped by killing that process group (never `ray stop`, which stops every
+    # Ray on the machine); every port its own, so other clusters on this machine (multi-node tests) can run beside it.
+    leader = subprocess.Popen(
+        [ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}", "--num-cpus=2",
+         "--object-store-memory=400000000", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard_port}", f"--dashboard-agent-listen-port={free_port()}",
+         f"--ray-client-server-port={free_port()}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     head = RayHead(f"http://127.0.0.1:{dashboard_port}")
     head.gcs = f"127.0.0.1:{gcs_port}"
     try:
+        wait_for_dashboard(head, leader, log.name)
         yield head
     finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+        stop_ray_node(leader, temp_dir)
+        log.close()
 
 
 @pytest.fixture

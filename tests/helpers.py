@@ -3,8 +3,10 @@ config (configs/demo.yaml, `tiny:`), and the Ray job helpers."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -199,3 +201,43 @@ def search_all(indexes: list, rows: list[np.ndarray], queries: np.ndarray, k: in
 
     parts = [search_shard(ix, r, queries, k, search_params(ix, nprobe, ef_search)) for ix, r in zip(indexes, rows)]
     return merge_results(parts, k, metric)
+
+
+def stop_ray_node(leader: subprocess.Popen, temp_dir: str) -> None:
+    """Stop exactly the processes this node started: its process group (the `ray start --block` leader's), then
+    any process of ours still naming its temp dir. Never `ray stop` (it stops every Ray on the machine)."""
+    try:
+        os.killpg(leader.pid, signal.SIGTERM)
+        leader.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    try:
+        os.killpg(leader.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    leader.wait(timeout=30)
+    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            with open(cmdline, "rb") as f:
+                named = temp_dir.encode() in f.read()
+            if named and os.stat(cmdline).st_uid == os.getuid():
+                os.kill(int(cmdline.split("/")[2]), signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def wait_for_dashboard(dashboard: str, leader: subprocess.Popen, log_path: str, timeout: float = 120) -> None:
+    """Wait until a `ray start --head --block` node's dashboard answers; fail with its log if it exits first."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if leader.poll() is not None:
+            raise AssertionError(f"ray start exited ({leader.returncode}):\n{open(log_path).read()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the dashboard at {dashboard} did not answer in {timeout:.0f} s")
+        try:
+            with urllib.request.urlopen(f"{dashboard}/api/version", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)

@@ -35,13 +35,11 @@ import glob
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from unittest import mock
@@ -49,6 +47,7 @@ from unittest import mock
 import pytest
 
 from cluster.connect import free_port
+from helpers import stop_ray_node, wait_for_dashboard
 from fastslow import storage
 from fastslow.env import LOCAL_SAFETY_ENV
 from helpers import job_id, job_submitter, job_summary, wait_for
@@ -172,29 +171,6 @@ def _node_env(home: str, imds: FakeIMDS) -> dict:
     return env
 
 
-def _kill_node(leader: subprocess.Popen, temp_dir: str) -> None:
-    """Stop exactly the processes this node started: its process group (the `ray start --block` leader's), then
-    any process of ours still naming its temp dir. Never `ray stop` (it stops every Ray on the machine)."""
-    try:
-        os.killpg(leader.pid, signal.SIGTERM)
-        leader.wait(timeout=20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        pass
-    try:
-        os.killpg(leader.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    leader.wait(timeout=30)
-    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
-        try:
-            with open(cmdline, "rb") as f:
-                named = temp_dir.encode() in f.read()
-            if named and os.stat(cmdline).st_uid == os.getuid():
-                os.kill(int(cmdline.split("/")[2]), signal.SIGKILL)
-        except OSError:
-            pass
-
-
 @pytest.fixture(scope="module")
 def ec2_node():
     """A Ray head (2 CPUs) started by `ray start --head --block` in a session of its own with `_node_env`, with a
@@ -219,18 +195,10 @@ def ec2_node():
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     dashboard = f"http://127.0.0.1:{dashboard_port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert leader.poll() is None, open(log.name).read()[-3000:]
-            assert time.monotonic() < deadline, "the node's dashboard did not answer in 120 s"
-            try:
-                with urllib.request.urlopen(f"{dashboard}/api/version", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.5)
+        wait_for_dashboard(dashboard, leader, log.name)
         yield {"dashboard": dashboard, "gcs": f"127.0.0.1:{gcs_port}", "env": env, "imds": imds, "home": home}
     finally:
-        _kill_node(leader, temp_dir)
+        stop_ray_node(leader, temp_dir)
         log.close()
         imds.close()
         shutil.rmtree(home, ignore_errors=True)
