@@ -3,9 +3,10 @@
     python -m benchmarks.faults --out out/faults.json            # the whole suite, about 9 min on 2 cores
     python -m benchmarks.faults --out out/faults.json -k publish # a part of it (a pytest -k expression)
 
-It runs the tests marked `faults` (tests/test_faults_*.py, the serve hardening tests, the training worker
-kill, damaged checkpoints and index versions, the media route's traversal cases: the same tests as the
-normal test command, with the same asserts) with FASTSLOW_FAULT_LOG set. Each test records the rows of
+It runs the tests marked `faults` (tests/test_faults_*.py, among them whole Ray nodes removed under the index
+job, the Serve app and training; the serve hardening tests, the training worker kill, damaged checkpoints and
+index versions, the media route's traversal cases: the same tests as the normal test command, with the same
+asserts) with FASTSLOW_FAULT_LOG set. Each test records the rows of
 this table (tests/conftest.py, `fault_record`) and whether it passed: a fault counts as survived only when
 its test passed. Writes FILE.json and FILE.md beside it, prints the Markdown; exit 1 when a test failed.
 """
@@ -66,6 +67,7 @@ def summarise(rows: list[dict], outcomes: dict[str, int]) -> dict:
         "queries_during_faults": sum(int(r.get("queries", 0)) for r in faults),
         "queries_failed": sum(int(r.get("failed_queries", 0)) for r in faults),
         "ids_outside_live_version": sum(int(r.get("foreign_ids", 0)) for r in faults),
+        "nodes_removed": sum(int(r.get("nodes_removed", 0)) for r in faults),  # whole Ray nodes (test_faults_nodes)
     }
 
 
@@ -78,15 +80,17 @@ def markdown(summary: dict, rows: list[dict]) -> str:
              f"- items in {t['items_in']} = indexed {t['items_indexed']} + reported {t['items_reported']} "
              f"(unaccounted: {t['items_unaccounted']})",
              f"- queries answered during faults {t['queries_during_faults']}, failed {t['queries_failed']}, "
-             f"ids outside the live version {t['ids_outside_live_version']}", "",
-             "| fault | injected | survived | items in | indexed + reported | queries (failed) |",
-             "|---|---|---|---|---|---|"]
+             f"ids outside the live version {t['ids_outside_live_version']}",
+             f"- Ray nodes removed {t.get('nodes_removed', 0)}", "",
+             "| fault | injected | survived | items in | indexed + reported | queries (failed) | nodes removed |",
+             "|---|---|---|---|---|---|---|"]
     for r in (r for r in rows if r["kind"] == "fault"):
         items = f"{r['items_in']}" if "items_in" in r else ""
         accounted = f"{r['indexed']} + {r['reported']}" if "items_in" in r else ""
         queries = f"{r['queries']} ({r['failed_queries']})" if "queries" in r else ""
+        nodes = f"{r['nodes_removed']}" if "nodes_removed" in r else ""
         lines.append(f"| {r['name']} | {r.get('injected', 1)} | {'yes' if r['passed'] else 'NO'} | {items} | "
-                     f"{accounted} | {queries} |")
+                     f"{accounted} | {queries} | {nodes} |")
     lines += ["", "| input | tried | refused | what it was told |", "|---|---|---|---|"]
     for r in (r for r in rows if r["kind"] == "input"):
         said = SHORTEN_PATH.sub(".../", str(r.get("message", ""))).replace("|", "\\|").replace("\n", " ")

@@ -263,10 +263,21 @@ def guarded(_guarded_config, serve_stack, ray_head):
 INTEGRATION_FIXTURES = {"ray_head", "submit_job", "submit_module_job", "demo", "s3_pipeline"}
 
 
+# Two test processes (pytest-xdist: `-n 2 --dist loadgroup`, pyproject's addopts) split the suite by module: these
+# on one, everything else on the other. Each process has its own session fixtures (its own Ray head, moto server and
+# tiny models). Every test that may start a local Ray (on Ray's fixed default ports) stays in the other process, so
+# two never run at once; the multi-node clusters and the EC2-like node take free ports of their own, and these
+# modules' jobs go to their process's own Ray head.
+SECOND_PROCESS = {"test_cluster_placement", "test_cluster_autoscaler", "test_faults_nodes", "test_cluster_env",
+                  "test_jobs_training"}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+        module = item.module.__name__.rpartition(".")[2] if item.module else ""
+        item.add_marker(pytest.mark.xdist_group("second" if module in SECOND_PROCESS else "first"))
 
 
 FAULT_LOG_ENV = "FASTSLOW_FAULT_LOG"

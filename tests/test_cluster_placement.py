@@ -1,13 +1,13 @@
 """Each stage on its node type, on several Ray nodes on 127.0.0.1 shaped like ray_cluster.yaml (a head that runs no
 work, a "gpu" type marked by `fastslow_gpu` and a declared GPU, two "cpu" nodes marked by `fastslow_cpu`): the index
-job's embedding actors on the GPU type and its decoding and writing on CPU nodes, training's two workers on two
-nodes, the Serve app's shard retrievers on CPU nodes and its re-ranker on the GPU type; every setting left `auto`
-except training's GPU (the declared GPU is not real: NCCL would fail on it)."""
+job's embedding actors on the GPU type and its decoding and writing on CPU nodes, the Serve app's shard retrievers on
+CPU nodes and its re-ranker on the GPU type, every GPU setting left `auto`. (Training's two workers on two nodes:
+tests/test_faults_nodes.py, which also removes one of those nodes.)"""
 
 import os
 
 import pytest
-from helpers import INDEX_SETTINGS, job_id, job_submitter, job_summary, tiny_train_args, wait_for
+from helpers import INDEX_SETTINGS, job_id, job_submitter, job_summary, wait_for
 from multinode import node_kinds_of_actors, node_kinds_of_tasks, start_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
@@ -52,21 +52,6 @@ def test_index_job_embeds_on_the_gpu_type_and_decodes_on_cpu_nodes(multi, placed
     assert node_kinds_of_tasks(multi, "write_stage") == ["cpu"]
     embedders = node_kinds_of_tasks(multi, "FastEmbedder")
     assert embedders == ["gpu"], embedders
-
-
-def test_training_workers_spread_over_two_nodes(multi, submit, tiny_corpus, tmp_path):
-    from ray.util.state import list_actors
-
-    job = job_id("placed-train")
-    client = submit(job, "jobs.train_fast", "--data", os.path.join(tiny_corpus, "images"), "--out",
-                    str(tmp_path / "fast"), *tiny_train_args("fast"), "train.epochs=1", "job.num_workers=2",
-                    "job.use_gpu=false")
-    status, logs = wait_for(client, job, timeout=300)
-    assert status == "SUCCEEDED", logs[-3000:]
-    workers = [a for a in list_actors(address=multi.address, limit=1000, detail=True)
-               if a.class_name == "RayTrainWorker"]
-    nodes = {a.node_id for a in workers}
-    assert len(workers) == 2 and len(nodes) == 2, [(a.class_name, multi.kind_of(a.node_id)) for a in workers]
 
 
 def test_serve_puts_retrievers_on_cpu_nodes_and_the_reranker_on_the_gpu_type(multi, placed_index,
