@@ -269,7 +269,7 @@ INTEGRATION_FIXTURES = {"ray_head", "submit_job", "submit_module_job", "demo", "
 # two never run at once; the multi-node clusters and the EC2-like node take free ports of their own, and these
 # modules' jobs go to their process's own Ray head.
 SECOND_PROCESS = {"test_cluster_placement", "test_cluster_autoscaler", "test_faults_nodes", "test_cluster_env",
-                  "test_jobs_training"}
+                  "test_jobs_training", "test_faults_index"}
 
 
 def pytest_collection_modifyitems(config, items):
