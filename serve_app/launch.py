@@ -53,6 +53,9 @@ def with_settings(config: dict, args: dict | None = None, port: int | None = Non
             entries[name] = {"name": name}
             app["deployments"].append(entries[name])
         entries[name].update(options)
+    if not app["args"].get("slow_checkpoint"):
+        # A Fast-only app builds no re-ranker, and Serve refuses options for a deployment the app does not have.
+        app["deployments"] = [d for d in app["deployments"] if d["name"] != "SlowReranker"]
     if env:
         app.setdefault("runtime_env", {}).setdefault("env_vars", {}).update(env)
     if code:

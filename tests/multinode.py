@@ -37,6 +37,7 @@ class MultiNode:
     temp_dir: str | None = None
     nodes: dict[str, str] = field(default_factory=dict)
     handles: dict[str, object] = field(default_factory=dict)
+    removed: dict[str, str] = field(default_factory=dict)  # node id: type, of the nodes `remove` killed
 
     @property
     def address(self) -> str:
@@ -55,15 +56,15 @@ class MultiNode:
     def remove(self, node_id: str) -> None:
         """Kill a worker node (raylet and workers, no graceful drain) and wait until the cluster sees it gone."""
         self.cluster.remove_node(self.handles.pop(node_id), allow_graceful=False)
-        self.nodes.pop(node_id)
+        self.removed[node_id] = self.nodes.pop(node_id)
         self.cluster.wait_for_nodes()
 
     def kind_of(self, node_id: str) -> str:
         """"head", "gpu" or "cpu" (by the node's resources, for nodes the autoscaler added too), else "?"."""
         import ray
 
-        if node_id in self.nodes or node_id == self.cluster.head_node.node_id:
-            return self.nodes.get(node_id, "head")
+        if node_id in self.nodes or node_id in self.removed or node_id == self.cluster.head_node.node_id:
+            return self.nodes.get(node_id) or self.removed.get(node_id, "head")
         resources = next((n["Resources"] for n in ray.nodes() if n["NodeID"] == node_id), {})
         return "gpu" if resources.get(GPU_NODE) else "cpu" if resources.get(CPU_NODE) else "?"
 

@@ -17,7 +17,8 @@ API says which worker ran what. Shown:
 - `cluster.connect.connect` on a cluster address leaves the process environment untouched, and applies
   fastslow.env's settings only where it starts a local Ray (no Ray started: `ray.init` replaced).
 
-Not covered: a Serve replica's environment (the app is not deployed here).
+The app is then deployed there with `fastslow serve --address DASHBOARD` (a deploy job), and its replicas are
+checked alike (their environment at start, from /proc) while they answer from the index in the bucket.
 
 The node's own settings here: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (everything binds to 127.0.0.1) and
 RAY_USAGE_STATS_ENABLED=0, as this machine requires of every Ray; HOME is a temp dir holding
@@ -350,6 +351,66 @@ def test_the_fake_endpoint_is_behind_a_dead_proxy(ec2_node):
     with mock.patch.dict(os.environ, ec2_node["env"], clear=True):
         found = botocore.session.get_session().get_credentials()
     assert (found.method, found.access_key) == ("iam-role", imds.access_key)
+
+
+def _process_env(pid: int) -> dict:
+    """The environment a process started with (/proc: the node is on this machine)."""
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        pairs = (item.decode(errors="replace").partition("=") for item in f.read().split(b"\0") if item)
+        return {key: value for key, _, value in pairs}
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_serve_replicas_get_no_sandbox_setting_and_read_s3_with_the_roles_credentials(ec2_node, s3_index_job,
+                                                                                    tmp_path):
+    """`fastslow serve --address DASHBOARD` on the EC2-like node (the deploy job and the app's replicas): each
+    replica starts with no setting its node did not have, botocore resolves no proxy there, and the app answers from
+    the index the job wrote to the bucket, read with the instance-metadata credentials (the only ones)."""
+    import yaml
+    from ray.util.state import list_actors
+    from serve_helpers import post
+
+    from serve_app.launch import load_serve_config
+
+    assert s3_index_job["status"] == "SUCCEEDED", s3_index_job["logs"][-4000:]
+    bucket, port = s3_index_job["bucket"], free_port()
+    config = load_serve_config(os.path.join(os.path.dirname(__file__), "..", "configs", "serve_synth.yaml"))
+    # The replicas' S3 endpoint is the moto server (as a MinIO endpoint would be named in the app's config).
+    config["applications"][0]["runtime_env"]["env_vars"]["AWS_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL"]
+    config_path = tmp_path / "serve.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    imds_before = len(ec2_node["imds"].requests)
+    serve_cmd = os.path.join(os.path.dirname(sys.executable), "serve")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "fastslow", "serve", "--address", ec2_node["dashboard"], "--config",
+             str(config_path), "--index-root", f"{bucket}/index", "--fast", f"{bucket}/runs/fast", "--port", str(port),
+             "--cluster-python", sys.executable, "--no-progress"], capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr[-3000:]
+        status, answer = post(f"http://127.0.0.1:{port}", {"query": "a photo", "k": 3, "rerank": False})
+        assert status == 200 and len(answer["results"]) == 3, answer
+
+        replicas = [a for a in list_actors(address=ec2_node["dashboard"], filters=[("state", "=", "ALIVE")],
+                                           detail=True, limit=1000)
+                    if (a.class_name or "").startswith("ServeReplica:fastslow:")]
+        assert {a.class_name.rpartition(":")[2] for a in replicas} >= {"Ingress", "ShardRetriever0"}
+        node_env = ec2_node["env"]
+        for replica in replicas:
+            env = _process_env(replica.pid)
+            added = {k: env.get(k) for k in SANDBOX_KEYS if env.get(k) != node_env.get(k)
+                     and k not in config["applications"][0]["runtime_env"]["env_vars"]}  # Serve's own, from the config
+            assert added == {}, f"{replica.class_name} starts with settings its node did not have: {added}"
+            assert "RAY_AUTH_MODE" not in env and not {k for k in AWS_KEYS if k in env}, replica.class_name
+            with mock.patch.dict(os.environ, env, clear=True):
+                from botocore.utils import get_environ_proxies
+
+                assert get_environ_proxies(METADATA_URL) == get_environ_proxies(REMOTE_S3) == {}
+        # The replicas (shard retriever, encoder) loaded the index and checkpoint from the bucket: with the role's.
+        assert ec2_node["imds"].credential_requests(ec2_node["imds"].requests[imds_before:]) >= 1
+    finally:
+        subprocess.run([serve_cmd, "shutdown", "-y", "--address", ec2_node["dashboard"]], capture_output=True,
+                       timeout=120)
 
 
 # --- cluster.connect.connect: the environment on a cluster, and for a local Ray (no Ray started) ----------------

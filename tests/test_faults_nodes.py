@@ -10,7 +10,9 @@ stage's work:
 - a two-worker training run, one worker's node removed after a checkpoint (and a CPU node added in its place): Ray
   Train restarts the worker group and the run resumes from the last checkpoint, not from step 0.
 
-One cluster for the module; each test first brings it to the shape it needs (`_shape`), so a test that removed a
+Each test also checks where the stages ran (embedding on the GPU type; decoding, writing, retrievers on CPU nodes;
+the re-ranker on the GPU type; training's two workers on two nodes), GPU settings left `auto`. One cluster for the
+module; each test first brings it to the shape it needs (`_shape`), so a test that removed a
 node leaves nothing behind that the next one depends on.
 """
 
@@ -175,8 +177,11 @@ def test_index_job_with_a_cpu_node_removed_mid_job_gives_the_same_index(multi, s
     assert ids == ref_ids and len(set(ids)) == len(ids) == INDEXED
     np.testing.assert_allclose(vectors, ref_vectors, rtol=1e-5, atol=1e-6)
     assert _error_ids(summary) == _error_ids(ref) and len(_error_ids(summary)) == REPORTED
-    print("index job placement: " + ", ".join(f"{name} on {node_kinds_of_tasks(multi, name)}" for name in
-                                              ("decode_stage", "FastEmbedder", "write_stage")))
+    # Each stage on its node type, GPU settings left `auto`: embedding on the GPU type, decoding and writing on
+    # CPU nodes (the removed one included).
+    placement = {name: node_kinds_of_tasks(multi, name) for name in ("decode_stage", "FastEmbedder", "write_stage")}
+    print(f"index job placement: {placement}")
+    assert placement == {"decode_stage": ["cpu"], "FastEmbedder": ["gpu"], "write_stage": ["cpu"]}, placement
     outcome = "finished" if len(jobs) == 1 else "failed in one line; resubmitted"
     fault_record("fault", f"index job: a CPU node removed after {written_before} of {PARTITIONS} partitions, "
                           f"{tasks_on_it} of the job's tasks running there (job {outcome})", injected=1, nodes_removed=1, items_in=summary["read"],

@@ -111,3 +111,16 @@ def test_an_unreachable_dashboard_is_one_line(tmp_path):
                       str(tmp_path / "index"), str(tmp_path / "fast"), "")
     assert str(e.value).startswith(f"{url}: no Ray dashboard answers there") and "\n" not in str(e.value)
     assert "ray dashboard ray_cluster.yaml" in str(e.value)
+
+
+def test_a_fast_only_app_gets_no_reranker_options():
+    """Without a Slow checkpoint the app builds no re-ranker: the config's SlowReranker options are left out (Serve
+    refuses options for a deployment the app does not have), and kept with one."""
+    from serve_app.launch import app_args, load_serve_config, with_settings
+    from serve_app.remote_deploy import project_root
+
+    config = load_serve_config(os.path.join(project_root(), "configs", "serve_synth.yaml"))
+    names = lambda c: [d["name"] for d in c["applications"][0]["deployments"]]  # noqa: E731
+    assert "SlowReranker" in names(config)
+    assert "SlowReranker" not in names(with_settings(config, args=app_args("/i", "/f", None)))
+    assert "SlowReranker" in names(with_settings(config, args=app_args("/i", "/f", "/s")))
