@@ -62,8 +62,7 @@ def s3_bucket(moto_endpoint):
     return f"s3://{name}"
 
 
-from cluster.connect import free_port  # noqa: E402 - after the environment above is set
-from helpers import job_submitter, stop_ray_node, wait_for_dashboard  # noqa: E402 - after the environment above is set
+from helpers import job_submitter, start_ray_head, stop_ray_node  # noqa: E402 - after the environment above is set
 
 
 class RayHead(str):
@@ -77,34 +76,21 @@ def ray_head():
     """A local Ray cluster started the way users start one (`ray start --head` on 127.0.0.1); yields its
     dashboard URL for `ray job submit --address` (`.gcs`: the address `--address` of the CLI and ray.init take).
     Stopped at the end of the session."""
-    import subprocess
-    import sys
     import tempfile
 
     from fastslow.env import apply_local_safety_env
 
     apply_local_safety_env()
-    ray = os.path.join(os.path.dirname(sys.executable), "ray")
-    dashboard_port, gcs_port = free_port(), free_port()
-    # Ray's socket paths must stay short: a temp dir directly under /tmp.
+    # Ray's socket paths must stay short: a temp dir directly under /tmp. Stopped by killing its process group,
+    # never `ray stop` (which stops every Ray on the machine).
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    log = open(os.path.join(temp_dir, "ray_start.log"), "w")
-    # `--block` in a session of its own: stopped by killing that process group (never `ray stop`, which stops every
-    # Ray on the machine); every port its own, so other clusters on this machine (multi-node tests) can run beside it.
-    leader = subprocess.Popen(
-        [ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}", "--num-cpus=2",
-         "--object-store-memory=400000000", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard_port}", f"--dashboard-agent-listen-port={free_port()}",
-         f"--ray-client-server-port={free_port()}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    head = RayHead(f"http://127.0.0.1:{dashboard_port}")
-    head.gcs = f"127.0.0.1:{gcs_port}"
+    leader, dashboard, gcs = start_ray_head(temp_dir, object_store_bytes=400_000_000)
+    head = RayHead(dashboard)
+    head.gcs = gcs
     try:
-        wait_for_dashboard(head, leader, log.name)
         yield head
     finally:
         stop_ray_node(leader, temp_dir)
-        log.close()
 
 
 @pytest.fixture

@@ -241,3 +241,31 @@ def wait_for_dashboard(dashboard: str, leader: subprocess.Popen, log_path: str, 
                 return
         except OSError:
             time.sleep(0.5)
+
+
+def start_ray_head(temp_dir: str, object_store_bytes: int, env: dict | None = None,
+                   num_cpus: int = 2) -> tuple[subprocess.Popen, str, str]:
+    """`ray start --head --block` on 127.0.0.1, in a session of its own (stop it with `stop_ray_node`), with every
+    port its own so other clusters on this machine can run beside it; (the leader process, the dashboard URL, the
+    GCS address) once the dashboard answers. Its log: `temp_dir`/ray_start.log."""
+    from cluster.connect import free_port
+
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    dashboard_port, gcs_port = free_port(), free_port()
+    os.makedirs(temp_dir, exist_ok=True)
+    log_path = os.path.join(temp_dir, "ray_start.log")
+    with open(log_path, "w") as log:
+        leader = subprocess.Popen(
+            [ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
+             f"--num-cpus={num_cpus}", f"--object-store-memory={object_store_bytes}", "--include-dashboard=true",
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+             f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
+             f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    dashboard = f"http://127.0.0.1:{dashboard_port}"
+    try:
+        wait_for_dashboard(dashboard, leader, log_path)
+    except BaseException:
+        stop_ray_node(leader, temp_dir)
+        raise
+    return leader, dashboard, f"127.0.0.1:{gcs_port}"

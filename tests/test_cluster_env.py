@@ -48,10 +48,9 @@ from unittest import mock
 import pytest
 
 from cluster.connect import free_port
-from helpers import stop_ray_node, wait_for_dashboard
 from fastslow import storage
 from fastslow.env import LOCAL_SAFETY_ENV
-from helpers import job_id, job_submitter, job_summary, wait_for
+from helpers import job_id, job_submitter, job_summary, start_ray_head, stop_ray_node, wait_for
 
 METADATA_URL = "http://169.254.169.254/latest/api/token"
 REMOTE_S3 = "http://minio.internal:9000"
@@ -185,22 +184,11 @@ def ec2_node():
     assert _metadata_probe_is_off(home), "Ray would probe cloud-metadata addresses: not starting a node without proxy"
     imds = FakeIMDS()
     env = _node_env(home, imds)
-    dashboard_port, gcs_port = free_port(), free_port()
-    ray = os.path.join(os.path.dirname(sys.executable), "ray")
-    log = open(os.path.join(home, "ray_start.log"), "w")
-    leader = subprocess.Popen(
-        [ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}", "--num-cpus=2",
-         "--object-store-memory=300000000", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard_port}", f"--dashboard-agent-listen-port={free_port()}",
-         f"--ray-client-server-port={free_port()}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    dashboard = f"http://127.0.0.1:{dashboard_port}"
+    leader, dashboard, gcs = start_ray_head(temp_dir, object_store_bytes=300_000_000, env=env)
     try:
-        wait_for_dashboard(dashboard, leader, log.name)
-        yield {"dashboard": dashboard, "gcs": f"127.0.0.1:{gcs_port}", "env": env, "imds": imds, "home": home}
+        yield {"dashboard": dashboard, "gcs": gcs, "env": env, "imds": imds, "home": home}
     finally:
         stop_ray_node(leader, temp_dir)
-        log.close()
         imds.close()
         shutil.rmtree(home, ignore_errors=True)
 
