@@ -99,13 +99,16 @@ def get_json(url: str, timeout: float = 10.0) -> tuple[int, dict]:
         return 0, {}
 
 
-def wait_ready(url: str, timeout: float = 300.0, version: str | None = None) -> dict:
-    """Poll `<url>/readyz` until it is 200 (and serves `version`, if given); its body."""
+def wait_ready(url: str, timeout: float = 300.0, version: str | None = None, give_up=None) -> dict:
+    """Poll `<url>/readyz` until it is 200 (and serves `version`, if given); its body. `give_up()`, if given, is
+    asked between polls and raises to stop waiting early (e.g. once Serve has given the app up)."""
     deadline, last = time.time() + timeout, {}
     while time.time() < deadline:
         status, last = get_json(url + "/readyz")
         if status == 200 and (version is None or last.get("index_version") == version):
             return last
+        if give_up is not None:
+            give_up()
         time.sleep(1.0)
     raise FastslowError(f"{url}: not ready after {timeout:.0f} s (last /readyz: {last or 'no answer'})")
 

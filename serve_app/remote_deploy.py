@@ -27,7 +27,7 @@ from pathlib import Path
 
 from fastslow.errors import FastslowError
 from fastslow.log import get_logger
-from serve_app.launch import READY_TIMEOUT_S, app_args, load_serve_config, with_settings
+from serve_app.launch import READY_TIMEOUT_S, app_args, load_serve_config, wait_ready, with_settings
 
 log = get_logger("fastslow.serve")
 
@@ -166,31 +166,24 @@ def deploy_here(config: dict, ready_timeout_s: float = READY_TIMEOUT_S) -> dict:
     # are both on the head); one bound to an address, at that address.
     reach = ray.util.get_node_ip_address() if host in ("0.0.0.0", "::", "") else host
     url = f"http://{reach}:{port}"
-    ready = wait_deployed(url, ready_timeout_s)
+    ready = wait_ready(url, timeout=ready_timeout_s, give_up=stop_if_deploy_failed)
     return {"url": url, "host": host, "port": port, "index_version": ready.get("index_version"),
             "code": code.get("working_dir") or code.get("py_modules")}
 
 
-def wait_deployed(url: str, timeout: float) -> dict:
-    """/readyz's body once it is 200; an error as soon as Serve gives the app up (DEPLOY_FAILED: a bad index root,
-    a checkpoint that does not load, ...) rather than at the timeout."""
+def stop_if_deploy_failed() -> None:
+    """Raise as soon as Serve has given the app up (DEPLOY_FAILED: a bad index root, a checkpoint that does not
+    load, ...), rather than waiting for the readiness timeout."""
     from ray import serve
 
-    from serve_app.launch import APP_NAME, get_json
+    from serve_app.launch import APP_NAME
 
-    deadline, last = time.time() + timeout, {}
-    while time.time() < deadline:
-        status, last = get_json(url + "/readyz")
-        if status == 200:
-            return last
-        app = serve.status().applications.get(APP_NAME)
-        if app is not None and app.status == "DEPLOY_FAILED":
-            # Serve's message ends with the exception that stopped the app (after its traceback).
-            lines = [line.strip() for line in (app.message or "").splitlines() if line.strip()]
-            reason = lines[-1].removeprefix("fastslow.errors.FastslowError: ") if lines else "no reason given"
-            raise FastslowError(f"Serve could not deploy the app: {reason}")
-        time.sleep(1.0)
-    raise FastslowError(f"{url}: not ready after {timeout:.0f} s (last /readyz: {last or 'no answer'})")
+    app = serve.status().applications.get(APP_NAME)
+    if app is not None and app.status == "DEPLOY_FAILED":
+        # Serve's message ends with the exception that stopped the app (after its traceback).
+        lines = [line.strip() for line in (app.message or "").splitlines() if line.strip()]
+        reason = lines[-1].removeprefix("fastslow.errors.FastslowError: ") if lines else "no reason given"
+        raise FastslowError(f"Serve could not deploy the app: {reason}")
 
 
 def main(argv: list[str] | None = None) -> int:
