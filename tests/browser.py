@@ -48,3 +48,15 @@ def wait_for_tile_images(page, timeout_s: float) -> None:
         assert time.time() < deadline, (f"result images not shown after {timeout_s:.0f} s", missing,
                                         page.evaluate(MEDIA_FETCHES))
         time.sleep(0.2)
+
+
+def wait_for_results(page, count: int, timeout_s: float = 120) -> None:
+    """Wait until the page shows `count` result tiles; fail at once when it says it got no answer, and past
+    `timeout_s` fail with what its status line and error say (a slow answer and a refused one read differently)."""
+    deadline, tiles = time.time() + timeout_s, page.locator(".tile")
+    while tiles.count() != count:
+        status, error = page.inner_text("#status"), page.inner_text("#error")
+        assert status != "No answer.", f"the page got no answer: {error}"
+        assert time.time() < deadline, (f"{tiles.count()} result tiles, not {count}, after {timeout_s:.0f} s; "
+                                        f"status {status!r}, error {error!r}")
+        time.sleep(0.2)

@@ -249,21 +249,54 @@ def guarded(_guarded_config, serve_stack, ray_head):
 INTEGRATION_FIXTURES = {"ray_head", "submit_job", "submit_module_job", "demo", "s3_pipeline"}
 
 
-# Two test processes (pytest-xdist: `-n 2 --dist loadgroup`, pyproject's addopts) split the suite by module: these
-# on one, everything else on the other. Each process has its own session fixtures (its own Ray head, moto server and
-# tiny models). Every test that may start a local Ray (on Ray's fixed default ports) stays in the other process, so
-# two never run at once; the multi-node clusters and the EC2-like node take free ports of their own, and these
-# modules' jobs go to their process's own Ray head.
-SECOND_PROCESS = {"test_cluster_placement", "test_cluster_autoscaler", "test_faults_nodes", "test_cluster_env",
-                  "test_jobs_training", "test_faults_index"}
+def pytest_itemcollected(item):
+    if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+        item.add_marker(pytest.mark.integration)
 
 
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.integration)
-        module = item.module.__name__.rpartition(".")[2] if item.module else ""
-        item.add_marker(pytest.mark.xdist_group("second" if module in SECOND_PROCESS else "first"))
+# Two test processes (pytest-xdist, `-n 2` in pyproject's addopts), each with its own session fixtures (its own Ray
+# head, moto server and tiny models), are handed whole modules, so a module's fixtures are built once. Modules that
+# share an expensive fixture or must not overlap go together as one unit (SCHEDULED_TOGETHER), and the units start
+# heaviest first (by their share of the suite's time in CI), so that no long unit starts last.
+# xdist's `--dist loadgroup` would do the grouping with xdist_group marks, but with pytest 9.2 it never groups
+# (it renames items through an attribute pytest no longer reads), so the scheduler below does it by module name.
+SCHEDULED_TOGETHER = {
+    # Both start a local Ray and Serve through the CLI (`fastslow demo`, `fastslow serve`): one at a time.
+    "local-ray": ("test_demo", "test_s3_pipeline"),
+    # The Serve apps of the session's serve_stack (two index versions built by jobs): built once.
+    "serve-stack": ("test_serve_app", "test_serve_app_page", "test_serve_hardening", "test_serve_remote"),
+}
+HEAVIEST_FIRST = ("local-ray", "serve-stack", "test_faults_nodes", "test_jobs_training", "test_faults_index",
+                  "test_cli", "test_cluster_env", "test_benchmark_table", "test_cluster_autoscaler", "test_faults_shards")
+_UNIT_OF = {module: unit for unit, modules in SCHEDULED_TOGETHER.items() for module in modules}
+
+
+def _unit(nodeid: str) -> str:
+    module = nodeid.split("::", 1)[0].rpartition("/")[2].removesuffix(".py")
+    return _UNIT_OF.get(module, module)
+
+
+class _HeaviestFirst(dict):
+    """xdist's queue of work units, handing out the heaviest unit left (HEAVIEST_FIRST, then the rest by name)."""
+
+    def popitem(self, last: bool = True):
+        unit = min(self, key=lambda u: (HEAVIEST_FIRST.index(u) if u in HEAVIEST_FIRST else len(HEAVIEST_FIRST), u))
+        return unit, self.pop(unit)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Whole modules (or SCHEDULED_TOGETHER units) per process, heaviest first; see above."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleUnits(LoadScopeScheduling):
+        def __init__(self, config, log=None):
+            super().__init__(config, log)
+            self.workqueue = _HeaviestFirst()
+
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    return ModuleUnits(config, log)
 
 
 FAULT_LOG_ENV = "FASTSLOW_FAULT_LOG"

@@ -80,6 +80,7 @@ def start_cluster(workers: list[str], head_cpus: float = 0, timeout_s: float = 1
     dashboard_port = free_port()
     # Ray's socket paths must stay short: a temp dir directly under /tmp.
     temp_dir = tempfile.mkdtemp(prefix="rmn", dir="/tmp")
+    _make_default_address_dir()
     t0 = time.monotonic()
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": head_cpus, "node_ip_address": "127.0.0.1", "include_dashboard": True,
@@ -163,6 +164,7 @@ def start_autoscaling_cluster(idle_timeout_s: float = 6.0) -> MultiNode:
         "worker_start_ray_commands": [],
     }
     temp_dir = tempfile.mkdtemp(prefix="ras", dir="/tmp")
+    _make_default_address_dir()
     config_path = os.path.join(temp_dir, "autoscaler.json")
     with open(config_path, "w") as f:
         json.dump(config, f)
@@ -180,6 +182,14 @@ def start_autoscaling_cluster(idle_timeout_s: float = 6.0) -> MultiNode:
             os.environ.pop(key, None)
     _own_address_file(cluster, temp_dir)
     return MultiNode(cluster, f"http://127.0.0.1:{dashboard_port}", temp_dir=temp_dir)
+
+
+def _make_default_address_dir() -> None:
+    """Cluster writes the head's address to Ray's default temp dir (/tmp/ray) whatever temp dir it is given, and
+    fails when that folder is missing: on a fresh machine it is, until some Ray has run with the default."""
+    from ray._private.utils import get_ray_address_file
+
+    os.makedirs(os.path.dirname(get_ray_address_file(None)), exist_ok=True)
 
 
 def _own_address_file(cluster, temp_dir: str) -> None:

@@ -125,18 +125,16 @@ def test_everything_was_written_to_s3_and_nothing_locally(s3_pipeline):
 
 
 def test_search_page_shows_the_shard_items_images_in_headless_chromium(s3_pipeline):
-    from browser import chromium, wait_for_tile_images
+    from browser import chromium, wait_for_results, wait_for_tile_images
 
     url, query = s3_pipeline["url"], "a large green circle"
     with chromium() as browser:
-        from playwright.sync_api import expect
-
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(url + "/")
         page.fill("#query", query)
         page.fill("#k", "6")
         page.click("#search")
-        expect(page.locator(".tile img")).to_have_count(6, timeout=60_000)
+        wait_for_results(page, 6)
         wait_for_tile_images(page, 150)  # every tile's image shown: a tar member read from S3 by the media route
         shown = page.locator(".tile").evaluate_all("ts => ts.map(t => t.getAttribute('data-id'))")
         written = s3_pipeline["written"]

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 import pytest
-from browser import chromium, wait_for_tile_images
+from browser import chromium, wait_for_results, wait_for_tile_images
 from helpers import REPO
 from PIL import Image
 from serve_helpers import QUERIES, get_raw, ids, media_path, post
@@ -66,7 +66,7 @@ def test_search_page_in_headless_chromium(app):
         page.fill("#rerank-k", "12")
         page.click("#search")
         # Polled from here: the page's CSP (no 'unsafe-eval') refuses Playwright's in-page wait_for_function.
-        expect(page.locator(".tile")).to_have_count(8, timeout=60_000)
+        wait_for_results(page, 8)
         wait_for_tile_images(page, 150)
         _, want = post(url, {"query": query, "k": 8, "rerank": True, "rerank_k": 12})
         tiles = page.locator(".tile")

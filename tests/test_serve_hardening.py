@@ -12,7 +12,7 @@ import os
 import urllib.parse
 
 import pytest
-from browser import chromium, wait_for_tile_images
+from browser import chromium, wait_for_results, wait_for_tile_images
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from serve_helpers import (KEY, QUERIES, check_answer, check_backpressure, log_dirs, replica_urls, request,
@@ -61,7 +61,7 @@ def test_search_page_asks_for_the_key_in_headless_chromium(guarded):
         expect(page.locator("#error")).to_contain_text("401", timeout=30_000)
         page.fill("#api-key", KEY)  # kept in sessionStorage, sent as X-API-Key
         page.click("#search")
-        expect(page.locator(".tile")).to_have_count(8, timeout=60_000)
+        wait_for_results(page, 8)
         # <img> cannot send the key: the page fetches each image with it and shows a blob: URL.
         wait_for_tile_images(page, 180)  # the page backs off for about 2 min
     assert not errors, errors
