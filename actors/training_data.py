@@ -11,7 +11,7 @@ from fastslow.errors import FastslowError
 ROWS_PER_BLOCK = 64  # small blocks: decoding spreads over every CPU even for small datasets
 
 
-def read_split(data: DataConfig, split: str | None, image_size: int):
+def read_split(data: DataConfig, split: str | None, image_size: int, fit: str = "crop"):
     """(Ray Dataset of the decoded items, ReadReport with every failure, media) of one split.
 
     The dataset is materialised: the trainer shards it across workers, and the failures are
@@ -22,7 +22,7 @@ def read_split(data: DataConfig, split: str | None, image_size: int):
     rows, report, media = sample_rows(data, split)
     if not rows:
         raise FastslowError(f"{data.path}: split {split!r} has no items ({report.summary()})")
-    cfg = DecodeConfig(image_size=image_size, num_frames=data.num_frames)
+    cfg = DecodeConfig(image_size=image_size, num_frames=data.num_frames, fit=fit)
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // ROWS_PER_BLOCK))
     ds = ds.map_batches(decode_rows, fn_kwargs={"cfg": cfg, "media": media}, batch_size=16).materialize()
     failed = ds.filter(lambda r: r["error"] != "").select_columns(["id", "uri", "error"]).take_all()

@@ -1,4 +1,4 @@
-"""The `fastslow` command line: demo, synth, train, index, serve, search, eval.
+"""The `fastslow` command line: demo, synth, train, index, serve, search, eval, pretrained.
 
 Each step runs here, or on a Ray cluster with `--address` (e.g. `auto` on a cluster node, or
 `ray://HEAD:10001`): training then runs as a Ray Train job, indexing as a Ray Data job, synth and
@@ -144,8 +144,31 @@ def _cmd_eval(args) -> dict:
     return result
 
 
+def _cmd_pretrained(args) -> dict:
+    from fastslow.models.pretrained_ref import resolve, weights_sha256
+
+    ref = resolve(args.model, args.revision)
+    source = {**ref.source, "weights_sha256": weights_sha256(ref.path)}
+    if args.kind == "slow":
+        try:
+            from fastslow.models.blip_slow import save_blip_slow_checkpoint
+        except ImportError:  # the builder may live beside the model
+            from fastslow.models.blip_slow_build import save_blip_slow_checkpoint
+
+        save_blip_slow_checkpoint(str(ref.path), args.out, args.head, source)
+        return {"checkpoint": args.out, "kind": "slow", "head": args.head, "source": source}
+    from fastslow.models.checkpoint import save_checkpoint
+    from fastslow.models.pretrained_fast import from_pretrained_folder
+
+    model = from_pretrained_folder(ref.path, source)
+    save_checkpoint(model, args.out)
+    cfg = model.config
+    return {"checkpoint": args.out, "kind": "fast", "family": cfg.family, "embed_dim": cfg.embed_dim,
+            "image_size": cfg.vision.image_size, **model.score_params(), "source": source}
+
+
 COMMANDS = {"synth": _cmd_synth, "train": _cmd_train, "index": _cmd_index, "serve": _cmd_serve,
-            "search": _cmd_search, "eval": _cmd_eval, "demo": _cmd_demo}
+            "search": _cmd_search, "eval": _cmd_eval, "demo": _cmd_demo, "pretrained": _cmd_pretrained}
 OVERRIDABLE = ("synth", "train", "index")
 
 

@@ -161,6 +161,23 @@ def _eval_parser(sub, common: argparse.ArgumentParser) -> None:
     _add_data_args(p)
 
 
+def _pretrained_parser(sub, common: argparse.ArgumentParser) -> None:
+    """The `pretrained` command's parser."""
+    p = sub.add_parser("pretrained", parents=[common], help="make a checkpoint from a pretrained image-text model",
+                       description="Turn a pretrained model into a self-contained checkpoint that index, eval and "
+                                   "serve load on any node: fast = CLIP, SigLIP or SigLIP 2 used zero-shot (its own "
+                                   "projections and preprocessing); slow = BLIP as the re-ranker. The checkpoint "
+                                   "holds the weights, the tokenizer and the preprocessing settings, and records "
+                                   "where they came from.")
+    p.add_argument("kind", choices=["fast", "slow"], help="fast: a dual encoder (CLIP, SigLIP, SigLIP 2); slow: BLIP")
+    p.add_argument("--model", required=True, help="a local transformers folder, a hub id (from the local Hugging "
+                                                  "Face cache when HF_HUB_OFFLINE is set) or an s3:// prefix")
+    p.add_argument("--revision", default=None, help="hub ids only: a branch, tag or commit (default main)")
+    p.add_argument("--out", required=True, help="the checkpoint folder to write (local or s3://)")
+    p.add_argument("--head", choices=["caption", "itm", "itm+itc"], default="caption",
+                   help="slow only: BLIP's score, the caption likelihood (default), its matching head, or both")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default: INFO)")
@@ -178,4 +195,5 @@ def build_parser() -> argparse.ArgumentParser:
     _search_parser(sub, common)
     _demo_parser(sub, common)
     _eval_parser(sub, common)
+    _pretrained_parser(sub, common)
     return parser

@@ -17,6 +17,15 @@
    Queries are noisy copies of gallery rows; the first 16 queries' top-1 and top-10 scores are checked
    against numpy float32 brute force (`exact_check`; a failed check exits 1, after writing the figures).
 
+4. Pretrained models at their real sizes (the transformers config defaults) with random weights, no download
+   (benchmarks/gpu_pretrained.py): CLIP ViT-B/32 and SigLIP base/16-224 image embedding, images/s at `--batch`
+   through PretrainedFastModel.encode_visual (uint8 in, preprocessing included); BLIP base re-ranking one query's
+   K = 20, 50, 100 candidates with the caption head (and K = 20 with the itm head), pairs/s and ms per query
+   through `slow_score_matrix`, the candidates' vision states computed once beforehand (the item cache warm: the
+   vision encoder is not timed). Each model is saved as a transformers folder and goes through fastslow's own
+   checkpoint builders and loaders, as `fastslow pretrained` and indexing / the re-ranker run them. `--quick`
+   builds tiny configs of the same families along the same path. On CUDA under bfloat16 autocast and in fp32.
+
 Timings: warm-up calls first, then the mean over `--iters` calls, with torch.cuda.synchronize around them.
 """
 
@@ -29,6 +38,7 @@ import time
 from pathlib import Path
 
 from benchmarks.gpu_models import WORDS, bench_embedding, bench_slow, captions, fast_config
+from benchmarks.gpu_pretrained import bench_pretrained, real_sizes
 from benchmarks.gpu_search import (
     CHECKED_QUERIES,
     DIM,
@@ -45,8 +55,8 @@ from fastslow.log import get_logger
 
 __all__ = [
     "CHECKED_QUERIES", "DIM", "KS", "QUERY_NOISE", "SCORE_ATOL", "SCORE_BUDGET", "SIZES", "TOPK", "WORDS",
-    "autocast", "bench_embedding", "bench_search", "bench_slow", "captions", "device_name", "fast_config",
-    "main", "markdown", "parse_args", "precisions", "sig", "sync", "timed", "topk_chunked",
+    "autocast", "bench_embedding", "bench_pretrained", "bench_search", "bench_slow", "captions", "device_name", "fast_config",
+    "main", "markdown", "parse_args", "precisions", "real_sizes", "sig", "sync", "timed", "topk_chunked",
 ]
 
 log = get_logger("fastslow.benchmarks.gpu")
@@ -77,7 +87,28 @@ def markdown(r: dict) -> str:
                   f"per call (checked against numpy: {e['exact_check']}):", "",
                   "| dtype | queries/s | ms/batch |", "|---|---|---|"]
         lines += [f"| {x['dtype']} | {x['queries_per_s']} | {x['ms_per_batch']} |" for x in e["rows"]] + [""]
+    if "pretrained" in r:
+        lines += _pretrained_markdown(r["pretrained"])
     return "\n".join(lines)
+
+
+def _millions(n: int) -> str:
+    return f"{n / 1e6:.2f}M"
+
+
+def _pretrained_markdown(p: dict) -> list[str]:
+    e, s = p["embedding"], p["rerank"]
+    lines = [f"Pretrained models, {p['sizes']}, {p['weights']}; built as `fastslow pretrained` builds them and "
+             f"loaded as indexing and the re-ranker load them. Image embedding through "
+             f"PretrainedFastModel.encode_visual (uint8 in, preprocessing included), batch {e['batch']}:", "",
+             "| model | px | vision params | precision | images/s | ms/batch |", "|---|---|---|---|---|---|"]
+    lines += [f"| {x['model']} | {x['image_size']} | {_millions(x['vision_params'])} | {x['precision']} | "
+              f"{x['images_per_s']} | {x['ms_per_batch']} |" for x in e["rows"]]
+    lines += ["", f"BLIP re-ranking, {s['timed']}:", "",
+              "| model | head | params | K | precision | pairs/s | ms/query |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {x['model']} | {x['head']} | {_millions(s['models'][x['head']]['params'])} | {x['k']} | "
+              f"{x['precision']} | {x['pairs_per_s']} | {x['ms_per_query']} |" for x in s["rows"]]
+    return lines + [""]
 
 
 def parse_args(argv=None):
@@ -87,9 +118,10 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="result JSON (a .md goes beside it)")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto: cuda when available")
     p.add_argument("--quick", action="store_true", help="small sizes and few iterations: a CPU smoke run")
-    p.add_argument("--sections", default="embedding,slow,search", help="comma-separated subset")
+    p.add_argument("--sections", default="embedding,slow,search,pretrained", help="comma-separated subset")
     p.add_argument("--batch", type=int, help="images per embedding call (256; quick 8)")
-    p.add_argument("--ks", default=",".join(map(str, KS)), help="Slow candidates per query")
+    p.add_argument("--ks", default=",".join(map(str, KS)), help="Slow and BLIP candidates per query")
+    p.add_argument("--no-itm", action="store_true", help="pretrained: skip BLIP's itm head (at the smallest K)")
     p.add_argument("--queries", type=int, help="queries per Slow call (16 on cuda, 4 on cpu; quick 2)")
     p.add_argument("--vectors", type=int, help="gallery vectors of the exact search (1,000,000; quick 20,000)")
     p.add_argument("--search-queries", type=int, help="queries per search call (1024; quick 64)")
@@ -133,6 +165,9 @@ def main(argv=None) -> int:
         result["embedding"] = bench_embedding(device, a.batch, a.warmup, a.iters)
     if "slow" in sections:
         result["slow_rerank"] = bench_slow(device, queries, [int(k) for k in a.ks.split(",")], a.warmup, a.iters)
+    if "pretrained" in sections:
+        result["pretrained"] = bench_pretrained(device, a.batch, [int(k) for k in a.ks.split(",")], a.warmup, a.iters,
+                                                a.quick, itm=not a.no_itm)
     if "search" in sections:
         result["exact_search"] = bench_search(device, a.vectors, a.search_queries, a.warmup, a.iters, a.chunk)
     result["seconds"] = round(time.time() - started, 1)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fastslow.data.decode import DecodeConfig, decode_sample
+from fastslow.data.decode import DecodeConfig, decode_fit, decode_sample
 from fastslow.data.registry import DatasetReader, open_dataset
 from fastslow.data.types import Media, Sample
 from fastslow.devices import autocast
 from fastslow.errors import DecodeError, FastslowError
 from fastslow.models.checkpoint import load_model
-from fastslow.models.fast import FastModel
+from fastslow.models.fast import FastEncoder
 from fastslow.search.pipeline import SearchPipeline
 from fastslow.search.request import SearchRequest
 
@@ -49,12 +49,12 @@ def open_index(index_root: str, fast_checkpoint: str, slow_checkpoint: str | Non
     return Searcher(index_root, fast_checkpoint, slow_checkpoint, version, **options)
 
 
-def _fast(model: str | FastModel) -> FastModel:
-    return (load_model(model, FastModel) if isinstance(model, str) else model).eval()
+def _fast(model: str | FastEncoder) -> FastEncoder:
+    return (load_model(model, FastEncoder) if isinstance(model, str) else model).eval()
 
 
 @torch.inference_mode()
-def embed_texts(model: str | FastModel, texts: list[str], batch_size: int = 256) -> np.ndarray:
+def embed_texts(model: str | FastEncoder, texts: list[str], batch_size: int = 256) -> np.ndarray:
     """Unit vectors (N, d) float32 of `texts` in Fast's space; `model` is a checkpoint path (or s3://) or a model."""
     fast = _fast(model)
     device = next(fast.parameters()).device
@@ -66,12 +66,13 @@ def embed_texts(model: str | FastModel, texts: list[str], batch_size: int = 256)
 
 
 @torch.inference_mode()
-def embed_media(model: str | FastModel, uris: list[str], media: Media = "image", batch_size: int = 64,
+def embed_media(model: str | FastEncoder, uris: list[str], media: Media = "image", batch_size: int = 64,
                 num_frames: int = DecodeConfig.num_frames) -> np.ndarray:
     """Unit vectors (N, d) float32 of image (or video) files, local or s3://, in Fast's space. A file that cannot
     be decoded raises a FastslowError naming it."""
     fast = _fast(model)
-    cfg = DecodeConfig(image_size=fast.config.vision.image_size, num_frames=num_frames)
+    vision = fast.config.vision
+    cfg = DecodeConfig(image_size=vision.image_size, num_frames=num_frames, fit=decode_fit(vision))
     device = next(fast.parameters()).device
     out = [np.zeros((0, fast.config.embed_dim), np.float32)]
     for i in range(0, len(uris), batch_size):

@@ -53,6 +53,10 @@ class FastRunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: FastTrainConfig = field(default_factory=FastTrainConfig)
     out: str = "runs/fast"
+    # A pretrained Fast checkpoint to fine-tune (from `fastslow pretrained fast`); its own config then replaces
+    # `model`, and `trainable` says what trains: projections (and the logit scale), text (the text tower too), all.
+    init: str = ""
+    trainable: str = "projections"
     job: JobConfig = field(default_factory=JobConfig)
 
 
@@ -64,6 +68,9 @@ class SlowRunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: SlowTrainConfig = field(default_factory=SlowTrainConfig)
     out: str = "runs/slow"
+    # A Slow checkpoint to fine-tune (e.g. a BLIP from `fastslow pretrained slow`); its own config then replaces
+    # `model`. "" trains `model` from scratch.
+    init: str = ""
     job: JobConfig = field(default_factory=JobConfig)
 
 

@@ -194,6 +194,9 @@ def check_job(kind: str, cfg) -> None:
     from fastslow.train.run import check_run
 
     teacher = check_run(kind, cfg)  # a wrong setting or teacher fails before any data is read
+    if getattr(cfg, "init", ""):
+        raise FastslowError(f"init {cfg.init}: the Ray job does not fine-tune a checkpoint yet; run `fastslow train "
+                            f"{kind}` with init=... in one process")
     worker_batch_size(cfg.train.batch_size, cfg.job.num_workers)
     if kind == "distill":
         if cfg.transfer.items:
@@ -232,6 +235,7 @@ def _trainer(kind: str, cfg, dataset, media: str):
 def run_job(kind: str, cfg, address: str | None = None) -> dict:
     """Read the data with Ray Data, train with TorchTrainer, evaluate the final checkpoint on validation."""
     from actors.training_data import read_split
+    from fastslow.data.decode import decode_fit
     from cluster.connect import connect
     from fastslow.models.slow import build_output_vocab
     from fastslow.train.run import validate
@@ -240,7 +244,8 @@ def run_job(kind: str, cfg, address: str | None = None) -> dict:
     check_job(kind, cfg)
     resolve_paths(cfg)
     connect(address)
-    dataset, report, media = read_split(cfg.data, cfg.data.train_split, cfg.model.vision.image_size)
+    dataset, report, media = read_split(cfg.data, cfg.data.train_split, cfg.model.vision.image_size,
+                                        decode_fit(cfg.model.vision))
     log.info(report.summary())
     write_skipped(cfg, report)
     if kind == "slow" and cfg.model.output_vocab is None:

@@ -38,7 +38,7 @@ class ServeAppConfig:
     encoder_in_ingress: bool = True  # encode queries in the ingress: one hop fewer on every request
     rerank_timeout_s: float = 5.0  # past this the answer is the Fast order, marked degraded
     retrieve_timeout_s: float = 5.0  # a shard slower than this is left out of the answer, which says so
-    cache_items: int = 20000  # Slow item features kept per re-ranker replica
+    cache_mb: float = 1024  # MB of Slow item features kept per re-ranker replica (least recently used evicted)
     torch_threads: int = 1  # per replica: replicas scale out, not up
     reranker_gpus: float | str = "auto"  # per re-ranker replica; auto: 1 where the cluster has GPUs, else 0
     limits: Limits = field(default_factory=Limits)
@@ -56,6 +56,8 @@ class ServeAppConfig:
             raise FastslowError(f"serve: nprobe and ef_search must be 0 (default) or more, got {self.nprobe}, "
                                 f"{self.ef_search}")
         check_setting("serve: reranker_gpus", self.reranker_gpus)
+        if self.cache_mb < 0:
+            raise FastslowError(f"serve: cache_mb must be 0 (no cache) or more, got {self.cache_mb}")
         if self.shards < 0:
             raise FastslowError(f"serve: shards must be 0 (all) or more, got {self.shards}")
         if self.max_body_bytes < 1024:

@@ -106,7 +106,7 @@ class SlowReranker:
     """The Slow model; the candidates of concurrent requests are scored in one pass."""
 
     def __init__(self, cfg: ServeAppConfig, num_frames: int):
-        self.reranker = Reranker(cfg.slow_checkpoint, num_frames, cfg.cache_items, threads=cfg.torch_threads)
+        self.reranker = Reranker(cfg.slow_checkpoint, num_frames, cfg.cache_mb, threads=cfg.torch_threads)
         self.fault: str | None = None
         self.stall_s = 2 * cfg.rerank_timeout_s
 

@@ -193,6 +193,19 @@ def pytest_runtest_teardown(item, nextitem):
         serve_shutdown()
 
 
+@pytest.fixture
+def no_serve(ray_head, request):
+    """Serve down on the session's head before and after the test: for a test that deploys an app itself (through
+    the CLI), as another test's app would keep its own port."""
+    from serve_helpers import SERVING, serve_shutdown
+
+    SERVING.update(name=request.module.__name__, head=ray_head)
+    serve_shutdown()
+    yield
+    SERVING.update(name=request.module.__name__, head=ray_head)
+    serve_shutdown()
+
+
 @pytest.fixture(scope="session")
 def _app_config(serve_stack) -> dict:
     from serve_helpers import serve_config
@@ -267,7 +280,8 @@ SCHEDULED_TOGETHER = {
     "serve-stack": ("test_serve_app", "test_serve_app_page", "test_serve_hardening", "test_serve_remote"),
 }
 HEAVIEST_FIRST = ("local-ray", "serve-stack", "test_faults_nodes", "test_jobs_training", "test_faults_index",
-                  "test_cli", "test_cluster_env", "test_benchmark_table", "test_cluster_autoscaler", "test_faults_shards")
+                  "test_cli", "test_cluster_env", "test_pretrained_pipeline", "test_benchmark_table",
+                  "test_cluster_autoscaler", "test_faults_shards", "test_pretrained_fast", "test_blip_slow")
 _UNIT_OF = {module: unit for unit, modules in SCHEDULED_TOGETHER.items() for module in modules}
 
 

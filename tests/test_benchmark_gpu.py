@@ -53,6 +53,49 @@ def test_every_section_with_consistent_figures(result):
 
 
 @pytest.mark.integration  # its fixture runs python -m benchmarks.gpu
+def test_pretrained_section(result):
+    r, markdown = result
+    p = r["pretrained"]
+    assert p["sizes"] == "tiny (--quick)" and p["weights"].startswith("random")
+    # Image embedding through PretrainedFastModel.encode_visual: both families, figures consistent with the batch.
+    emb = p["embedding"]
+    assert emb["batch"] == 8 and [(x["family"], x["precision"]) for x in emb["rows"]] == [
+        ("clip", "fp32"), ("siglip", "fp32")]
+    for x in emb["rows"]:
+        assert x["batch"] == emb["batch"] and x["image_size"] == 32 and 0 < x["vision_params"] < 100_000, x
+        assert positive(x["images_per_s"]) and positive(x["ms_per_batch"]), x
+        assert x["images_per_s"] * x["ms_per_batch"] / 1000 == pytest.approx(x["batch"], rel=0.01), x
+    assert [x["embed_dim"] for x in emb["rows"]] == [16, 32]  # the tiny configs' projection sizes
+    # BLIP re-ranking: every K for the caption head, the itm head at the smallest K, one query, a warm cache.
+    rr = p["rerank"]
+    assert rr["queries"] == 1 and rr["ks"] == [20, 50, 100] and "item cache warm" in rr["timed"]
+    assert [(x["head"], x["k"], x["precision"]) for x in rr["rows"]] == [
+        ("caption", 20, "fp32"), ("caption", 50, "fp32"), ("caption", 100, "fp32"), ("itm", 20, "fp32")]
+    for x in rr["rows"]:
+        assert positive(x["pairs_per_s"]) and positive(x["ms_per_query"]), x
+        assert x["pairs_per_s"] * x["ms_per_query"] / 1000 == pytest.approx(x["k"], rel=0.01), x
+    for head, m in rr["models"].items():
+        assert m["scores_finite"] and m["feature_dtype"] == "float16" and m["vision_tokens"] == 17, (head, m)
+        assert 0 < m["scoring_params"] < m["params"], (head, m)
+    # Caption: the query's words and [SEP] after the unscored prompt; itm: one logit.
+    assert rr["models"]["caption"]["query_tokens_scored"] == len(rr["query"].split()) + 1
+    assert rr["models"]["itm"]["query_tokens_scored"] == 1
+    # The real sizes the full run measures, counted on the meta device: the published architectures.
+    real = p["real_sizes"]
+    assert [(real[m]["hidden"], real[m]["layers"], real[m]["patch"], real[m]["image_size"]) for m in real] == [
+        (768, 12, 32, 224), (768, 12, 16, 224), (768, 12, 16, 384), (768, 12, 16, 384)]
+    assert real["clip"]["vision_params"] == pytest.approx(87.85e6, rel=1e-3)  # ViT-B/32 tower + visual projection
+    assert real["clip"]["params"] == pytest.approx(151.28e6, rel=1e-3)
+    assert real["siglip"]["params"] == pytest.approx(203.16e6, rel=1e-3)
+    assert real["siglip"]["vision_params"] == pytest.approx(92.88e6, rel=1e-3)
+    # The hub's "247M" for BLIP base captioning counts the tied 30,524 x 768 output layer twice.
+    assert real["blip_caption"]["params"] + 30524 * 768 == pytest.approx(247.4e6, rel=1e-3)
+    assert real["blip_caption"]["vocab"] == 30524 and real["blip_itm"]["params"] == pytest.approx(223.74e6, rel=1e-3)
+    assert "| clip tiny (--quick) | 32 |" in markdown and "| blip tiny (--quick) | caption |" in markdown
+    assert "| itm |" in markdown and "item cache warm" in markdown
+
+
+@pytest.mark.integration  # its fixture runs python -m benchmarks.gpu
 def test_exact_search_matches_numpy(result):
     search = result[0]["exact_search"]
     assert search["exact_check"] is True and search["top1_is_source_row"] is True

@@ -20,18 +20,6 @@ from serve_app.launch import get_json
 CLI_TIMEOUT_S = 240  # a deploy job is about 15 s of upload and start, plus the app's start (about 10 s here)
 
 
-@pytest.fixture
-def no_serve(ray_head):
-    """Serve down before and after the test (another test's app would keep its own port)."""
-    from serve_helpers import SERVING, serve_shutdown
-
-    SERVING.update(name="serve-remote", head=ray_head)
-    serve_shutdown()
-    yield
-    SERVING.update(name="serve-remote", head=ray_head)
-    serve_shutdown()
-
-
 def serve_remote(ray_head, cwd, index_root: str, fast: str, slow: str, port: int) -> subprocess.CompletedProcess:
     # The cluster's Python is named: the test cluster's nodes have no `python` with Ray on their PATH.
     return subprocess.run([sys.executable, "-m", "fastslow", "serve", "--address", ray_head, "--index-root", index_root,

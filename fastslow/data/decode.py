@@ -41,12 +41,38 @@ SEEK_TRIES = 7
 VideoSource = bytes | IO[bytes]
 
 
+# How an image or frame is made square: "crop" resizes the shorter side to the size and keeps the centre square
+# (CLIP's processor, fastslow's own towers); "squash" resizes the whole image to size x size, aspect not kept
+# (SigLIP's and BLIP's processors). decode_fit says which a model wants.
+FITS = ("crop", "squash")
+
+
 @dataclass
 class DecodeConfig:
-    """Output geometry: square `image_size` pixels, `num_frames` frames per video."""
+    """Output geometry: square `image_size` pixels, `num_frames` frames per video, made square by `fit`."""
 
     image_size: int = 128
     num_frames: int = 8
+    fit: str = "crop"  # crop | squash (FITS)
+
+    def __post_init__(self) -> None:
+        check_fit(self.fit)
+
+
+def check_fit(fit: str) -> str:
+    """`fit` if it is one of FITS, else a FastslowError naming it."""
+    if fit not in FITS:
+        raise FastslowError(f"decode fit {fit!r}: expected one of {', '.join(FITS)}")
+    return fit
+
+
+def decode_fit(vision) -> str:
+    """The fit a model's vision settings want (a config object, or its dict form from a checkpoint's manifest):
+    "squash" where they have a `crop` entry that is empty (a pretrained model whose processor resizes the whole
+    image to a square and does not crop: SigLIP's PretrainedVisionConfig with crop [], BLIP's settings), else
+    "crop" (CLIP's crop [224, 224]; fastslow's own towers, whose settings have no crop entry)."""
+    crop = vision.get("crop") if isinstance(vision, dict) else getattr(vision, "crop", None)
+    return "squash" if crop is not None and len(crop) == 0 else "crop"
 
 
 def media_from_extension(name: str) -> Media | None:
@@ -64,8 +90,10 @@ def _short(e: BaseException) -> str:
     return text[:120]
 
 
-def _resized_size(width: int, height: int, size: int) -> tuple[int, int]:
-    """(w, h) with the shorter side equal to `size`, aspect ratio kept."""
+def _resized_size(width: int, height: int, size: int, fit: str = "crop") -> tuple[int, int]:
+    """(w, h) to resize to: "crop", the shorter side equal to `size`, aspect ratio kept; "squash", size x size."""
+    if check_fit(fit) == "squash":
+        return size, size
     if width <= height:
         return size, max(size, round(height * size / width))
     return max(size, round(width * size / height)), size
@@ -77,10 +105,12 @@ def _center_crop(a: np.ndarray, size: int) -> np.ndarray:
     return a[top : top + size, left : left + size]
 
 
-def decode_image(data: bytes, size: int) -> np.ndarray:
-    """Encoded image bytes -> (size, size, 3) uint8 RGB: shorter side resized to `size` (bicubic), centre crop."""
+def decode_image(data: bytes, size: int, fit: str = "crop") -> np.ndarray:
+    """Encoded image bytes -> (size, size, 3) uint8 RGB, resized bicubic: `fit` "crop", shorter side to `size`
+    then the centre square; "squash", the whole image to size x size."""
     from PIL import Image, ImageOps
 
+    check_fit(fit)
     if not data:
         raise DecodeError("empty file")
     try:
@@ -101,7 +131,7 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
         raise DecodeError(f"corrupt image ({_short(e)})") from None
     if img.width < 1 or img.height < 1:
         raise DecodeError("empty image")
-    img = img.resize(_resized_size(img.width, img.height, size), Image.Resampling.BICUBIC)
+    img = img.resize(_resized_size(img.width, img.height, size, fit), Image.Resampling.BICUBIC)
     return np.ascontiguousarray(_center_crop(np.asarray(img, dtype=np.uint8), size))
 
 
@@ -143,11 +173,12 @@ def _video_info(container, stream) -> dict:
             "duration": duration}
 
 
-def _frame_rgb(frame, size: int) -> np.ndarray:
-    """A decoded frame as (size, size, 3) uint8 RGB: shorter side resized (bicubic), centre crop."""
+def _frame_rgb(frame, size: int, fit: str = "crop") -> np.ndarray:
+    """A decoded frame as (size, size, 3) uint8 RGB, resized bicubic: shorter side then centre crop ("crop"), or
+    the whole frame to size x size ("squash")."""
     if frame.width * frame.height > MAX_FRAME_PIXELS:
         raise DecodeError(f"video frame too large ({frame.width}x{frame.height})")
-    w, h = _resized_size(frame.width, frame.height, size)
+    w, h = _resized_size(frame.width, frame.height, size, fit)
     rgb = frame.reformat(width=w, height=h, format="rgb24", interpolation="BICUBIC").to_ndarray()
     return np.ascontiguousarray(_center_crop(rgb, size))
 
@@ -203,7 +234,7 @@ def _seek_before(container, stream, point: int, step: Fraction, origin: int, rep
 
 
 def _decode_by_seeking(container, stream, count: int, step: Fraction, num_frames: int, size: int,
-                       report: dict) -> list:
+                       report: dict, fit: str = "crop") -> list:
     """The frames frame_indices(count, num_frames) picks, found by time: frame i is the first frame at or after
     the first frame's pts + i x step (within half a frame), reached by seeking to the keyframe before it and
     decoding on (exact), or by decoding on when it lies at most DECODE_ON_FRAMES ahead."""
@@ -222,19 +253,19 @@ def _decode_by_seeking(container, stream, count: int, step: Fraction, num_frames
             frames, frame = _seek_before(container, stream, point, step, origin, report)
         while frame.pts < point - half:
             frame = _next_frame(frames, report)
-        kept.append(_frame_rgb(frame, size))
+        kept.append(_frame_rgb(frame, size, fit))
         taken = frame
     return kept
 
 
-def _decode_sequentially(container, stream, num_frames: int, size: int, report: dict) -> list:
+def _decode_sequentially(container, stream, num_frames: int, size: int, report: dict, fit: str = "crop") -> list:
     """Every frame decoded, evenly thinned past MAX_KEPT_FRAMES, then sampled with frame_indices."""
     kept: list[np.ndarray] = []
     stride = 1  # keep every `stride`-th decoded frame
     for count, frame in enumerate(container.decode(stream)):
         report["frames_decoded"] += 1
         if count % stride == 0:
-            kept.append(_frame_rgb(frame, size))
+            kept.append(_frame_rgb(frame, size, fit))
             if len(kept) > MAX_KEPT_FRAMES:
                 kept = kept[::2]
                 stride *= 2
@@ -243,7 +274,7 @@ def _decode_sequentially(container, stream, num_frames: int, size: int, report: 
     return [kept[i] for i in frame_indices(len(kept), num_frames)]
 
 
-def _decode_frames(file: IO[bytes], num_frames: int, size: int, report: dict, seek: bool) -> list:
+def _decode_frames(file: IO[bytes], num_frames: int, size: int, report: dict, seek: bool, fit: str = "crop") -> list:
     """The sampled frames of the first video stream: by seeking where the container allows, else sequentially."""
     import av
 
@@ -253,9 +284,9 @@ def _decode_frames(file: IO[bytes], num_frames: int, size: int, report: dict, se
         clock = frame_clock(container, stream) if seek and _seekable(file) else None
         if clock is None:  # no frame count, duration or frame rate (raw streams, some captures): decode it all
             report["sequential"] = True
-            return _decode_sequentially(container, stream, num_frames, size, report)
+            return _decode_sequentially(container, stream, num_frames, size, report, fit)
         try:
-            return _decode_by_seeking(container, stream, *clock, num_frames, size, report)
+            return _decode_by_seeking(container, stream, *clock, num_frames, size, report, fit)
         except _NoSeek:
             pass
     # Seeking failed part-way (no timestamps, or an index listing frames a truncated file lacks): decode it all,
@@ -263,20 +294,22 @@ def _decode_frames(file: IO[bytes], num_frames: int, size: int, report: dict, se
     report["sequential"] = True
     file.seek(0)
     with av.open(file, mode="r") as container:
-        return _decode_sequentially(container, _video_stream(container), num_frames, size, report)
+        return _decode_sequentially(container, _video_stream(container), num_frames, size, report, fit)
 
 
 def decode_video(source: VideoSource, num_frames: int, size: int, report: dict | None = None,
-                 seek: bool = True) -> np.ndarray:
+                 seek: bool = True, fit: str = "crop") -> np.ndarray:
     """Encoded video (bytes, or a binary file such as storage.open_seekable's, read in place) ->
     (num_frames, size, size, 3) uint8 RGB: the frames at the centres of `num_frames` equal segments of the first
-    video stream, reached by seeking (seek=False: by decoding every frame, the fallback). `report`, if given,
-    gets frames_decoded, seeks, sequential and the media info ("info")."""
+    video stream, reached by seeking (seek=False: by decoding every frame, the fallback), each made square by
+    `fit` as decode_image does. `report`, if given, gets frames_decoded, seeks, sequential and the media info
+    ("info")."""
+    check_fit(fit)
     report = {} if report is None else report
     report.update(frames_decoded=0, seeks=0, sequential=False)
     try:
         file = _as_file(source)
-        return np.stack(_decode_frames(file, num_frames, size, report, seek))
+        return np.stack(_decode_frames(file, num_frames, size, report, seek, fit))
     except (DecodeError, StorageUnavailableError):
         raise
     except FastslowError as e:  # the file went missing or unreadable while being read
@@ -329,7 +362,7 @@ def decode_video_sample(sample: Sample, cfg: DecodeConfig, report: dict | None =
     """A video sample decoded from its inline bytes, or streamed from its file (see decode_video for `report`)."""
     source = open_sample(sample)
     try:
-        return decode_video(source, cfg.num_frames, cfg.image_size, report)
+        return decode_video(source, cfg.num_frames, cfg.image_size, report, fit=cfg.fit)
     finally:
         if not isinstance(source, bytes):
             source.close()
@@ -338,7 +371,7 @@ def decode_video_sample(sample: Sample, cfg: DecodeConfig, report: dict | None =
 def decode_sample(sample: Sample, cfg: DecodeConfig) -> np.ndarray:
     """Decode one sample by its media type: (S,S,3) for an image, (T,S,S,3) for a video."""
     if sample.media == "image":
-        return decode_image(read_sample_bytes(sample), cfg.image_size)
+        return decode_image(read_sample_bytes(sample), cfg.image_size, cfg.fit)
     if sample.media == "video":
         return decode_video_sample(sample, cfg)
     raise DecodeError(f"unknown media type {sample.media!r}")

@@ -37,12 +37,14 @@ class DataConfig:
                                 f"share of a dataset with no splits held out for validation, e.g. 0.05; 0: none)")
 
 
-def load_data_split(data: DataConfig, split: str | None, image_size: int, progress: bool = True) -> LoadedSplit:
-    """Read and decode one split of the configured dataset, logging what was skipped."""
+def load_data_split(data: DataConfig, split: str | None, image_size: int, progress: bool = True,
+                    fit: str = "crop") -> LoadedSplit:
+    """Read and decode one split of the configured dataset at `image_size` made square by `fit` (the model's:
+    decode_fit), logging what was skipped."""
     if not data.path:
         raise FastslowError("data.path is not set: pass --data PATH (a dataset file, folder or s3:// prefix)")
     reader = with_splits(open_dataset(data.path, format=data.format, media_root=data.media_root), data)
-    loaded = load_split(reader, split, DecodeConfig(image_size=image_size, num_frames=data.num_frames),
+    loaded = load_split(reader, split, DecodeConfig(image_size=image_size, num_frames=data.num_frames, fit=fit),
                         media=data.media, progress=progress)
     report = loaded.report
     log.info(report.summary())

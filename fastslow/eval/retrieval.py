@@ -7,15 +7,16 @@ import time
 import numpy as np
 import torch
 
+from fastslow.data.decode import decode_fit
 from fastslow.data.loaded import LoadedSplit
 from fastslow.data.source import DataConfig, load_data_split
 from fastslow.errors import FastslowError
 from fastslow.eval.metrics import (RetrievalResult, chance_metrics, evaluate_embeddings, metrics_from_ranks,
                                    ranks_of_true)
 from fastslow.inference.fast_embeddings import FastRetrieval, embed_split
-from fastslow.inference.slow_scores import slow_features, slow_score_matrix
+from fastslow.inference.slow_scores import load_slow, slow_features, slow_score_matrix
 from fastslow.models.checkpoint import load_model
-from fastslow.models.fast import FastModel
+from fastslow.models.fast import FastEncoder
 from fastslow.models.slow import SlowModel
 from fastslow.rerank import fast_topk, fuse_scores, reranked_ranks
 
@@ -67,7 +68,7 @@ def result_summary(result: RetrievalResult, split: str | None) -> dict:
 
 
 
-def evaluate_reranked(fast: FastModel, slow: SlowModel, split: LoadedSplit, k: int, fast_weight: float = 0.0,
+def evaluate_reranked(fast: FastEncoder, slow: SlowModel, split: LoadedSplit, k: int, fast_weight: float = 0.0,
                       slow_pixels: np.ndarray | None = None, progress: bool = False) -> RetrievalResult:
     """Fast retrieves each caption's top k items of the split, Slow re-scores them; ms counts both per query."""
     emb = embed_split(fast, split, progress=progress)
@@ -95,16 +96,18 @@ def rerank_embedded(emb: FastRetrieval, fast_ranks: np.ndarray, slow: SlowModel,
 def run_eval(checkpoint: str, data: DataConfig, split: str | None, progress: bool = True, rerank: str | None = None,
              k: int = 20, fast_weight: float = 0.0) -> dict:
     """Evaluate a saved Fast checkpoint on one split; with `rerank` (a Slow checkpoint), Fast top k then Slow."""
-    model = load_model(checkpoint, FastModel)
-    loaded = load_data_split(data, split, model.config.vision.image_size, progress)
+    model = load_model(checkpoint, FastEncoder)
+    size, fit = model.config.vision.image_size, decode_fit(model.config.vision)
+    loaded = load_data_split(data, split, size, progress, fit)
     if rerank is None:
         return result_summary(evaluate_fast(model, loaded, progress=progress), split)
     if k < 1:
         raise FastslowError(f"--k {k}: the number of candidates to re-rank must be at least 1")
-    slow = load_model(rerank, SlowModel)
+    slow = load_slow(rerank)
     slow_pixels = None
-    if slow.config.vision.image_size != model.config.vision.image_size:
-        slow_pixels = load_data_split(data, split, slow.config.vision.image_size, progress).pixels
+    slow_size, slow_fit = slow.config.vision.image_size, decode_fit(slow.config.vision)
+    if (slow_size, slow_fit) != (size, fit):  # Slow sees the items at its own size and fit (BLIP: squashed)
+        slow_pixels = load_data_split(data, split, slow_size, progress, slow_fit).pixels
     result = evaluate_reranked(model, slow, loaded, k, fast_weight, slow_pixels, progress)
     return {**result_summary(result, split), "rerank": rerank, "k": k, "fast_weight": fast_weight}
 

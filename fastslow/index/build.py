@@ -25,7 +25,7 @@ import numpy as np
 
 from fastslow import storage
 from fastslow.config import IndexRunConfig
-from fastslow.data.decode import DecodeConfig
+from fastslow.data.decode import DecodeConfig, decode_fit
 from fastslow.data.types import ReadReport
 from fastslow.errors import FastslowError
 from fastslow.index import partition as parts
@@ -191,6 +191,7 @@ class IndexBuild:
     def prepare(cls, cfg: IndexRunConfig, resolve: Callable[[str], str] = absolute_path) -> IndexBuild:
         """Check the settings, make the paths absolute with `resolve`, read the items, name the version, and write
         (or check) its plan. `cfg` is updated in place with the resolved paths."""
+        from fastslow.models.checkpoint import is_fast_type
         from fastslow.models.checkpoint import read_manifest as read_checkpoint
 
         started = time.time()
@@ -200,7 +201,7 @@ class IndexBuild:
             raise FastslowError("data.path is not set: pass --data PATH (a dataset, or a folder/prefix of media)")
         cfg.checkpoint, cfg.data.path, cfg.root = resolve(cfg.checkpoint), resolve(cfg.data.path), resolve(cfg.root)
         model = read_checkpoint(cfg.checkpoint)
-        if model["model_type"] != "fast":
+        if not is_fast_type(model["model_type"]):
             raise FastslowError(f"{cfg.checkpoint}: expected a Fast checkpoint, found a {model['model_type']} one")
         rows, report, shards = index_rows(cfg)
         if not rows and not shards:
@@ -220,7 +221,9 @@ class IndexBuild:
                 if not parts.is_written(self.build_dir, p, is_shard_entry(entry))]
 
     def decode_config(self) -> DecodeConfig:
-        return DecodeConfig(image_size=self.model["config"]["vision"]["image_size"], num_frames=self.cfg.data.num_frames)
+        vision = self.model["config"]["vision"]  # the checkpoint's manifest: its size, and the fit its model wants
+        return DecodeConfig(image_size=vision["image_size"], num_frames=self.cfg.data.num_frames,
+                            fit=decode_fit(vision))
 
     def embedder(self) -> parts.PartitionEmbedder:
         """This process's Fast embedder (loaded on first use)."""

@@ -59,7 +59,7 @@ def decode_with_info(sample: Sample, cfg: DecodeConfig) -> tuple[np.ndarray, dic
     decoding (a video file is streamed by ranged reads, never read whole). Inline bytes are used as they are."""
     if sample.media == "image":
         data = read_sample_bytes(sample)
-        return decode_image(data, cfg.image_size), media_info(data, "image")
+        return decode_image(data, cfg.image_size, cfg.fit), media_info(data, "image")
     if sample.media == "video":
         report: dict = {}
         return decode_video_sample(sample, cfg, report), media_info(report["info"], "video")
@@ -102,10 +102,10 @@ class PartitionEmbedder:
     def __init__(self, checkpoint: str, batch_size: int = 64):
         from fastslow.devices import best_device
         from fastslow.models.checkpoint import load_model
-        from fastslow.models.fast import FastModel
+        from fastslow.models.fast import FastEncoder
 
         self.device = best_device()
-        self.model = load_model(checkpoint, FastModel).eval().to(self.device)
+        self.model = load_model(checkpoint, FastEncoder).eval().to(self.device)
         self.batch_size = batch_size
 
     def embed(self, pixels: np.ndarray | None) -> np.ndarray:

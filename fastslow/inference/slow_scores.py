@@ -7,11 +7,25 @@ import torch
 from tqdm.auto import tqdm
 
 from fastslow.errors import FastslowError
+from fastslow.models.blip_slow import BlipSlowModel
+from fastslow.models.checkpoint import load_checkpoint
 from fastslow.models.slow import SlowModel
+
+# Every Slow model: fastslow's own captioner, trained here, and a pretrained BLIP (fastslow/models/blip_slow.py).
+SLOW_MODELS = (SlowModel, BlipSlowModel)
+
+
+def load_slow(checkpoint: str):
+    """A Slow checkpoint's model (any of SLOW_MODELS), refusing any other model with a clear error."""
+    model, _ = load_checkpoint(checkpoint)
+    if not isinstance(model, SLOW_MODELS):
+        raise FastslowError(f"{checkpoint}: expected a Slow checkpoint, found a {type(model).__name__}")
+    return model
 
 
 @torch.no_grad()
-def slow_features(model: SlowModel, pixels: np.ndarray, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+def slow_features(model: SlowModel | BlipSlowModel, pixels: np.ndarray, batch_size: int = 64,
+                  progress: bool = False) -> torch.Tensor:
     """Packed tower features of every item, in order; float16 when the tower is frozen (they are a cache)."""
     frozen = not model.config.vision.trainable
     out = []
@@ -29,8 +43,8 @@ MAX_CACHED_ITEMS = 2048  # distinct items whose keys/values are held at once whi
 
 
 @torch.inference_mode()
-def slow_score_matrix(model: SlowModel, features: torch.Tensor, texts: list[str], candidates: torch.Tensor,
-                      batch_pairs: int = 512, progress: bool = False) -> np.ndarray:
+def slow_score_matrix(model: SlowModel | BlipSlowModel, features: torch.Tensor, texts: list[str],
+                      candidates: torch.Tensor, batch_pairs: int = 512, progress: bool = False) -> np.ndarray:
     """Slow score (Q, K) float64 of texts[q] against item candidates[q, k] (an index into `features`).
 
     Serves both Slow over a whole gallery (every row all items) and re-ranking a shortlist.
@@ -48,6 +62,8 @@ def slow_score_matrix(model: SlowModel, features: torch.Tensor, texts: list[str]
     out = np.zeros((q, k), dtype=np.float64)
     if cand.numel() == 0:
         return out
+    if isinstance(model, BlipSlowModel):  # a pretrained cross-encoder scores whole (text, item) pairs itself
+        return _pair_scores(model, features, texts, cand, batch_pairs, progress)
     rows = q if torch.unique(cand).numel() <= MAX_CACHED_ITEMS else max(1, MAX_CACHED_ITEMS // k)
     bar = tqdm(total=q * k, desc="slow scoring", unit="pair", disable=not progress, leave=False)
     for r0 in range(0, q, rows):
@@ -66,6 +82,19 @@ def slow_score_matrix(model: SlowModel, features: torch.Tensor, texts: list[str]
     bar.close()
     return out
 
+
+
+def _pair_scores(model: BlipSlowModel, features: torch.Tensor, texts: list[str], cand: torch.Tensor,
+                 batch_pairs: int, progress: bool) -> np.ndarray:
+    """Scores (Q, K) float64 of texts[q] against item cand[q, k], in passes of at most model.max_pairs pairs."""
+    q, k = cand.shape
+    items, rows = cand.flatten(), torch.arange(q).repeat_interleave(k)
+    out = np.empty(q * k, dtype=np.float64)
+    step = max(1, min(batch_pairs, model.max_pairs))
+    for start in tqdm(range(0, q * k, step), desc="slow scoring", disable=not progress, leave=False):
+        part = slice(start, start + step)
+        out[part] = model.score_pairs(features[items[part]], [texts[r] for r in rows[part].tolist()]).cpu().numpy()
+    return out.reshape(q, k)
 
 
 def _grouped_block(model: SlowModel, kv: list[tuple], local: torch.Tensor, texts: list[str], batch_pairs: int,

@@ -1,4 +1,7 @@
-"""Checkpoints: a directory (local or s3://) with model.safetensors and config.json; loading runs no code."""
+"""Checkpoints: a directory (local or s3://) with model.safetensors and config.json; loading runs no code.
+
+A model may also keep files of its own there (a pretrained model's tokenizer): `checkpoint_files()` gives them
+as {relative name: bytes}, the manifest lists their sha256, and loading hands them back, checked, as `files=`."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from torch import nn
 from fastslow import storage
 from fastslow.errors import FastslowError
 from fastslow.models.config import FastConfig, dataclass_from_dict, dataclass_to_dict
-from fastslow.models.fast import FastModel
+from fastslow.models.fast import FastEncoder, FastModel
 
 FORMAT = "fastslow-checkpoint"
 VERSION = 1
@@ -83,6 +86,7 @@ def save_checkpoint(model: nn.Module, uri: str, extra: dict | None = None) -> No
     stored, frozen = _split_state(model)
     # Clones: safetensors refuses views and tensors sharing memory (tied weights).
     weights = save_safetensors({k: v.detach().cpu().contiguous().clone() for k, v in stored.items()})
+    files = getattr(model, "checkpoint_files", dict)()
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -93,10 +97,14 @@ def save_checkpoint(model: nn.Module, uri: str, extra: dict | None = None) -> No
         "frozen_pretrained_sha256": {p: tensors_sha256(t) for p, t in sorted(frozen.items())},
         "extra": extra or {},
     }
+    if files:
+        manifest["files"] = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
     try:
         manifest_text = json.dumps(manifest, indent=2, sort_keys=True)
     except TypeError as e:
         raise FastslowError(f"checkpoint {uri}: `extra` is not JSON-serialisable ({e})") from e
+    for name, data in sorted(files.items()):
+        _write_bytes(storage.join(uri, name), data)
     _write_bytes(storage.join(uri, WEIGHTS_FILE), weights)
     # The manifest last: a directory with a manifest has its weights.
     _write_bytes(storage.join(uri, CONFIG_FILE), manifest_text.encode())
@@ -120,6 +128,21 @@ def read_manifest(uri: str) -> dict[str, Any]:
     return manifest
 
 
+def _read_files(uri: str, expected: dict[str, str]) -> dict[str, bytes]:
+    """The model's own files of a checkpoint, each checked against the manifest's sha256."""
+    files = {}
+    for name, sha in sorted(expected.items()):
+        parts = name.split("/")
+        if name.startswith("/") or "\\" in name or any(p in ("", ".", "..") for p in parts):
+            raise FastslowError(f"{storage.join(uri, CONFIG_FILE)}: file name {name!r} is not a plain relative path")
+        path = storage.join(uri, name)
+        files[name] = _read_bytes(path)
+        digest = hashlib.sha256(files[name]).hexdigest()
+        if digest != sha:
+            raise FastslowError(f"{path}: sha256 {digest[:16]}... does not match the manifest (corrupted?)")
+    return files
+
+
 def load_checkpoint(uri: str, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model saved at `uri` (in eval mode) and return it with its manifest."""
     manifest = read_manifest(uri)
@@ -135,7 +158,7 @@ def load_checkpoint(uri: str, map_location: str | torch.device = "cpu") -> tuple
     except (SafetensorError, ValueError) as e:
         raise FastslowError(f"{weights_uri}: not a readable safetensors file ({e})") from e
 
-    model = model_cls(cfg)
+    model = model_cls(cfg, files=_read_files(uri, manifest["files"])) if manifest.get("files") else model_cls(cfg)
     prefixes = _frozen_prefixes(model)
     if sorted(prefixes) != sorted(manifest.get("frozen_pretrained", [])):
         raise FastslowError(
@@ -167,7 +190,13 @@ def load_model(checkpoint: str, expected: type):
     """A checkpoint's model, refusing any other model type than `expected` with a clear error."""
     model, _ = load_checkpoint(checkpoint)
     if not isinstance(model, expected):
-        name = expected.__name__.removesuffix("Model")
+        name = expected.__name__.removesuffix("Model").removesuffix("Encoder")
         raise FastslowError(f"{checkpoint}: expected a {name} checkpoint, found a {type(model).__name__}")
     return model
 
+
+
+def is_fast_type(model_type: str) -> bool:
+    """Whether a manifest's model_type is a Fast dual encoder (trained from scratch or from a pretrained model)."""
+    entry = MODEL_TYPES.get(model_type)
+    return entry is not None and issubclass(entry[1], FastEncoder)

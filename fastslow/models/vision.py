@@ -171,6 +171,17 @@ def load_hf_model(model_cls, name_or_path: str, what: str) -> nn.Module:
     return model
 
 
+def resolve_tower_path(name_or_path: str, what: str) -> str:
+    """A tower's `name_or_path` (local folder, hub id, s3:// prefix) as a local folder, so a checkpoint that names
+    a hub id or an s3:// prefix loads on any node (the checkpoint's sha256 of the tower still pins its weights)."""
+    from fastslow.models.pretrained_ref import local_path
+
+    try:
+        return local_path(name_or_path)
+    except FastslowError as e:
+        raise FastslowError(f"{what}: {e}") from None
+
+
 def find_model_file(name_or_path: str, filename: str) -> Path | None:
     """A file of a local model dir, or of a hub id already in the local cache (never downloads)."""
     local = Path(name_or_path)
@@ -205,15 +216,16 @@ class HFVisionTower(VisionTower):
         super().__init__(cfg.trainable, pretrained=True)
         from transformers import AutoConfig, AutoModel, CLIPVisionModel
 
+        path = resolve_tower_path(cfg.name_or_path, "vision tower")
         try:
             with quiet_transformers():
-                hf_cfg = AutoConfig.from_pretrained(cfg.name_or_path)
+                hf_cfg = AutoConfig.from_pretrained(path)
         except (OSError, ValueError, KeyError) as e:
             raise FastslowError(f"vision tower {cfg.name_or_path!r}: cannot read its config ({e})") from e
         if hf_cfg.model_type == "clip":
-            model = load_hf_model(CLIPVisionModel, cfg.name_or_path, "vision tower")
+            model = load_hf_model(CLIPVisionModel, path, "vision tower")
         else:
-            model = load_hf_model(AutoModel, cfg.name_or_path, "vision tower")
+            model = load_hf_model(AutoModel, path, "vision tower")
             # Full image-text checkpoints (SigLIP, ...) keep the image side here.
             model = getattr(model, "vision_model", model)
         self.model = model
@@ -221,7 +233,7 @@ class HFVisionTower(VisionTower):
         self.image_size = int(getattr(vcfg, "image_size", None) or cfg.image_size)
         patch = getattr(vcfg, "patch_size", None)
         self.patch_size = patch[0] if isinstance(patch, (list, tuple)) else patch
-        mean, std = _mean_std(cfg.name_or_path)
+        mean, std = _mean_std(path)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.freeze_if_needed()

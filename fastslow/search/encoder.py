@@ -8,7 +8,7 @@ import torch
 from fastslow.devices import autocast, best_device
 from fastslow.models.checkpoint import load_model
 from fastslow.models.checkpoint import read_manifest as read_checkpoint
-from fastslow.models.fast import FastModel
+from fastslow.models.fast import FastEncoder
 
 
 class QueryEncoder:
@@ -18,7 +18,7 @@ class QueryEncoder:
         if threads:
             torch.set_num_threads(threads)
         self.device = best_device()
-        self.model = load_model(checkpoint, FastModel).eval().to(self.device)
+        self.model = load_model(checkpoint, FastEncoder).eval().to(self.device)
         self.weights_sha256 = read_checkpoint(checkpoint)["weights_sha256"]
         self.dim = self.model.config.embed_dim
 

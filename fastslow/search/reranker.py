@@ -8,23 +8,46 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from fastslow.data.decode import DecodeConfig, decode_sample
+from fastslow.data.decode import DecodeConfig, decode_fit, decode_sample
 from fastslow.data.types import Sample
 from fastslow.devices import autocast, best_device
-from fastslow.errors import DecodeError
-from fastslow.inference.slow_scores import slow_features, slow_score_matrix
-from fastslow.models.checkpoint import load_model
+from fastslow.errors import DecodeError, FastslowError
+from fastslow.inference.slow_scores import load_slow, slow_features, slow_score_matrix
 from fastslow.models.slow import SlowModel
 
 
-class ItemFeatures:
-    """Slow's visual features of items, decoded from their URIs on first use and kept in an LRU cache."""
+CACHE_MB = 1024  # default budget of a re-ranker's item cache
 
-    def __init__(self, model: SlowModel, num_frames: int = DecodeConfig.num_frames, capacity: int = 20000):
-        self.model, self.capacity = model, capacity
-        self.decode = DecodeConfig(image_size=model.config.vision.image_size, num_frames=num_frames)
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    return t.element_size() * t.nelement()
+
+
+class ItemFeatures:
+    """Slow's visual features of items, decoded from their URIs on first use and kept in an LRU cache of at most
+    `cache_mb` MB (the features' bytes: a BLIP-base item's vision states are ~0.9 MB in float16); the least
+    recently used items are evicted first. Items are decoded at the model's size and fit (decode_fit)."""
+
+    def __init__(self, model: SlowModel, num_frames: int = DecodeConfig.num_frames, cache_mb: float = CACHE_MB):
+        if cache_mb < 0:
+            raise FastslowError(f"cache_mb={cache_mb}: the item cache's budget in MB must be 0 (none) or more")
+        self.model = model
+        self.budget = int(cache_mb * 2**20)  # bytes
+        vision = model.config.vision
+        self.decode = DecodeConfig(image_size=vision.image_size, num_frames=num_frames, fit=decode_fit(vision))
         self.cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self.cached_bytes = 0
         self.lock = threading.Lock()
+
+    def _put(self, key: tuple, f: torch.Tensor) -> None:
+        """Cache `f` under `key` (lock held), then evict the least recently used until the cache fits the budget."""
+        old = self.cache.pop(key, None)
+        if old is not None:
+            self.cached_bytes -= tensor_bytes(old)
+        self.cache[key] = f
+        self.cached_bytes += tensor_bytes(f)
+        while self.cached_bytes > self.budget and self.cache:
+            self.cached_bytes -= tensor_bytes(self.cache.popitem(last=False)[1])
 
     def get(self, hits: list[dict]) -> tuple[torch.Tensor, list[str]]:
         """(features of the hits that decode, stacked in order; an error per hit, '' where it decoded)."""
@@ -54,11 +77,10 @@ class ItemFeatures:
                 feats = slow_features(self.model, np.stack([pixels[j] for j in js]))
                 with self.lock:
                     for j, f in zip(js, feats):
-                        self.cache[keys[j]] = f
+                        f = f.clone()  # its own storage: a view would keep the whole batch alive past eviction
+                        self._put(keys[j], f)
                         for i in missing[keys[j]]:
                             out[i] = f
-                    while len(self.cache) > self.capacity:
-                        self.cache.popitem(last=False)
         good = [f for f in out if f is not None]
         return (torch.stack(good) if good else torch.zeros(0)), errors
 
@@ -67,13 +89,13 @@ class ItemFeatures:
 class Reranker:
     """Slow scores each query's candidates, in one pass over all queries of a batch."""
 
-    def __init__(self, checkpoint: str, num_frames: int = DecodeConfig.num_frames, cache_items: int = 20000,
+    def __init__(self, checkpoint: str, num_frames: int = DecodeConfig.num_frames, cache_mb: float = CACHE_MB,
                  threads: int | None = None):
         if threads:
             torch.set_num_threads(threads)
         self.device = best_device()
-        self.model = load_model(checkpoint, SlowModel).eval().to(self.device)
-        self.features = ItemFeatures(self.model, num_frames, cache_items)
+        self.model = load_slow(checkpoint).eval().to(self.device)  # SlowModel or a pretrained BLIP
+        self.features = ItemFeatures(self.model, num_frames, cache_mb)
 
     def score(self, queries: list[str], candidates: list[list[dict]]) -> list[list[float | None]]:
         """Slow score of each candidate of each query (None for an item whose media could not be decoded)."""

@@ -126,6 +126,22 @@ class FastBatches:
                      text_keys=self.text_keys[captions])
 
 
+def init_fast_model(cfg):
+    """The model a `fast` run fine-tunes: the pretrained checkpoint `cfg.init` with `cfg.trainable` applied, or None."""
+    init = getattr(cfg, "init", "")
+    if not init:
+        return None
+    from fastslow.errors import FastslowError
+    from fastslow.models.checkpoint import load_model
+    from fastslow.models.pretrained_fast import PretrainedFastModel
+
+    model = load_model(init, PretrainedFastModel)
+    model.set_trainable(cfg.trainable)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise FastslowError(f"init {init}: trainable={cfg.trainable!r} leaves nothing to train")
+    return model
+
+
 def embed_batch(model, visual, text) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings of a batch given as tower features (tensors) or raw inputs (pixels, strings)."""
     if visual.dtype == torch.uint8:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fastslow.data.decode import decode_fit
 from fastslow.data.source import DataConfig
 from fastslow.data.holdout import val_split_to_read
 from fastslow.data.loaded import LoadedSplit
@@ -20,13 +21,13 @@ from fastslow.train.distillation import DistillationLoss, precompute_teacher
 from fastslow.log import get_logger
 from fastslow.train.loop import fit
 from fastslow.train.artifacts import save_model, write_skipped, write_summary
-from fastslow.models.fast import FastModel
+from fastslow.models.fast import FastEncoder, FastModel
 from fastslow.models.slow import SlowModel
-from fastslow.train.slow_training import SlowBatches, make_slow_model, slow_loss
+from fastslow.train.slow_training import SlowBatches, init_slow_model, make_slow_model, slow_loss
 from fastslow.eval.retrieval import evaluate_slow
-from fastslow.inference.slow_scores import slow_features
+from fastslow.inference.slow_scores import load_slow, slow_features
 from fastslow.train.teacher_captions import add_teacher_captioned
-from fastslow.train.fast_training import FastBatches, fast_loss
+from fastslow.train.fast_training import FastBatches, fast_loss, init_fast_model
 from fastslow.eval.retrieval import evaluate_fast
 
 log = get_logger(__name__)
@@ -68,21 +69,22 @@ def distill_teacher(cfg) -> SlowModel:
         raise FastslowError("transfer.items is set but transfer.fast is not: pass transfer.fast=PATH, the Fast "
                             "checkpoint that shortlists each uncaptioned item's captions")
     cfg.transfer.validate()
-    return load_model(cfg.teacher, SlowModel)
+    return load_slow(cfg.teacher)
 
 
 def prepare_training(kind: str, cfg, split: LoadedSplit, progress: bool = True, teacher: SlowModel | None = None,
-                     teacher_pixels: np.ndarray | None = None) -> Training:
+                     teacher_pixels: np.ndarray | None = None, init: torch.nn.Module | None = None) -> Training:
     """Model, batches and loss of a `fast`, `slow` or `distill` run on `split`: what both the one-process
     run and each Ray Train worker (on its shard) train. The Slow vocabulary comes from `split` unless the
     config names one (workers must share it). `teacher_pixels`: the split at the teacher's image size.
-    The model's initial weights come from `cfg.train.seed`, so a run repeats exactly."""
+    The model's initial weights come from `cfg.train.seed`, so a run repeats exactly; a `slow` run with `init`
+    (`init_slow_model`) fine-tunes that model instead."""
     torch.manual_seed(cfg.train.seed)
     if kind == "fast":
-        model = FastModel(cfg.model)
+        model = init if init is not None else FastModel(cfg.model)
         return Training(model, FastBatches(model, split, cfg.train, progress), fast_loss, "fast")
     if kind == "slow":
-        model = make_slow_model(cfg.model, split.caption_pairs()[0])
+        model = init if init is not None else make_slow_model(cfg.model, split.caption_pairs()[0])
         return Training(model, SlowBatches(model, split, cfg.train, progress), slow_loss, "slow")
     if kind != "distill":
         raise FastslowError(f"unknown training kind {kind!r} (expected fast, slow or distill)")
@@ -102,17 +104,20 @@ def run_training(kind: str, cfg, progress: bool = True) -> dict:
     """`fastslow train KIND`: train in this process, evaluate on the validation split, save the checkpoint to `cfg.out`."""
     started = time.time()
     teacher = check_run(kind, cfg)  # a wrong setting or teacher fails before the data is read
-    train = load_data_split(cfg.data, cfg.data.train_split, cfg.model.vision.image_size, progress)
+    init = init_slow_model(cfg) if kind == "slow" else init_fast_model(cfg) if kind == "fast" else None  # a Slow checkpoint to fine-tune: its image size
+    vision = (init.config if init is not None else cfg.model).vision
+    train = load_data_split(cfg.data, cfg.data.train_split, vision.image_size, progress, decode_fit(vision))
     write_skipped(cfg, train.report)
     teacher_pixels = None
-    if teacher is not None and teacher.config.vision.image_size != cfg.model.vision.image_size:
-        teacher_pixels = load_data_split(cfg.data, cfg.data.train_split, teacher.config.vision.image_size,
-                                         progress).pixels
+    if teacher is not None and _geometry(teacher.config.vision) != _geometry(cfg.model.vision):
+        # The teacher sees the items as its own processor makes them: its size, its fit (BLIP: squashed).
+        teacher_size, teacher_fit = _geometry(teacher.config.vision)
+        teacher_pixels = load_data_split(cfg.data, cfg.data.train_split, teacher_size, progress, teacher_fit).pixels
     summary = {"kind": kind, "train_items": len(train.ids), "skipped": len(train.report.problems),
                **({"teacher": cfg.teacher} if kind == "distill" else {})}
     if kind == "distill" and cfg.transfer.items:
         train, teacher_pixels, summary["transfer"] = add_transfer_set(cfg, train, teacher, teacher_pixels, progress)
-    run = prepare_training(kind, cfg, train, progress, teacher, teacher_pixels)
+    run = prepare_training(kind, cfg, train, progress, teacher, teacher_pixels, init)
     history = run.fit(cfg.train, progress)
     summary.update(validate(kind, cfg, run.model, progress))
     summary.update(steps=len(history), final_loss=history[-1]["loss"] if history else None)
@@ -121,25 +126,31 @@ def run_training(kind: str, cfg, progress: bool = True) -> dict:
     return write_summary(cfg, summary)
 
 
+def _geometry(vision) -> tuple[int, str]:
+    """(image size, decode fit) a model's items are decoded at."""
+    return vision.image_size, decode_fit(vision)
+
+
 def add_transfer_set(cfg, train: LoadedSplit, teacher: SlowModel, teacher_pixels: np.ndarray | None,
                      progress: bool = True) -> tuple[LoadedSplit, np.ndarray | None, dict]:
     """The training split plus `cfg.transfer.items` captioned by the teacher (from the shortlist of the Fast
     checkpoint `cfg.transfer.fast`), the teacher's pixels to match, and a summary of the transfer set."""
     t = cfg.transfer  # checked by distill_teacher
-    shortlister = load_model(t.fast, FastModel)
+    shortlister = load_model(t.fast, FastEncoder)
     size, teacher_size = cfg.model.vision.image_size, teacher.config.vision.image_size
     if shortlister.config.vision.image_size != size:
         raise FastslowError(f"transfer.fast {t.fast}: its image size {shortlister.config.vision.image_size} differs "
                             f"from the student's {size}; shortlist with a Fast model of the student's size")
     data = DataConfig(path=t.items, media=cfg.data.media, num_frames=cfg.data.num_frames)
-    items = load_data_split(data, None, size, progress)
+    items = load_data_split(data, None, size, progress, decode_fit(cfg.model.vision))
     write_skipped(cfg, items.report, "skipped_transfer.jsonl")
     if not items.ids:
         raise FastslowError(f"transfer.items {t.items}: no readable items ({items.report.summary()})")
     if items.media != train.media:
         raise FastslowError(f"transfer.items {t.items}: holds {items.media}s, the training split {train.media}s")
     # The teacher sees the items at its own size, as it sees the training split (`teacher_pixels`).
-    seen = items.pixels if teacher_pixels is None else load_data_split(data, None, teacher_size, progress).pixels
+    seen = items.pixels if teacher_pixels is None else load_data_split(data, None, teacher_size, progress,
+                                                                       decode_fit(teacher.config.vision)).pixels
     both, captions = add_teacher_captioned(train, items.pixels, shortlister, teacher,
                                            slow_features(teacher, seen, progress=progress), t, progress=progress)
     if teacher_pixels is not None:
@@ -155,7 +166,8 @@ def validate(kind: str, cfg, model, progress: bool = True) -> dict:
     split = val_split_to_read(cfg.data)  # None also where data.val_fraction=0 holds nothing out
     if not split:
         return {}
-    val = load_data_split(cfg.data, split, cfg.model.vision.image_size, progress)
+    val = load_data_split(cfg.data, split, model.config.vision.image_size, progress,  # the model's, if fine-tuned
+                          decode_fit(model.config.vision))
     result = evaluate_slow(model, val, progress=progress) if kind == "slow" else evaluate_fast(model, val)
     return {"val": result_summary(result, split)}
 

@@ -16,6 +16,7 @@ from fastslow.errors import FastslowError
 from fastslow.inference.slow_scores import slow_features
 from fastslow.log import get_logger
 from fastslow.train.loop import fit
+from fastslow.models.blip_slow import BlipSlowModel
 from fastslow.models.slow import SlowConfig, SlowModel, build_output_vocab
 from fastslow.train.fast_training import Batch
 
@@ -41,6 +42,20 @@ def make_slow_model(cfg: SlowConfig, train_texts: list[str]) -> SlowModel:
     if cfg.output_vocab is None:
         cfg = replace(cfg, output_vocab=build_output_vocab(train_texts, cfg.text))
     return SlowModel(cfg)
+
+
+def init_slow_model(cfg):
+    """The model a `slow` run fine-tunes: the checkpoint `cfg.init` (its config, not cfg.model, applies), or None."""
+    init = getattr(cfg, "init", "")
+    if not init:
+        return None
+    from fastslow.inference.slow_scores import load_slow
+
+    model = load_slow(init)
+    if isinstance(model, BlipSlowModel) and model.config.head != "caption":
+        raise FastslowError(f"init {init}: a BLIP with the {model.config.head!r} head; only the caption head "
+                            "fine-tunes here (its captioning loss); use a matching head as it is")
+    return model
 
 
 class SlowBatches:
@@ -74,7 +89,7 @@ class SlowBatches:
             yield Batch(items=items, captions=captions, visual=visual, text=texts, texts=texts)
 
 
-def slow_loss(model: SlowModel, batch: Batch) -> tuple[torch.Tensor, dict]:
+def slow_loss(model: SlowModel | BlipSlowModel, batch: Batch) -> tuple[torch.Tensor, dict]:
     """The captioning loss of one batch (visual: cached tower features, or uint8 pixels for a trainable tower)."""
     feats = model.visual_features(batch.visual) if batch.visual.dtype == torch.uint8 else batch.visual
     loss = model.loss(model.visual_tokens(feats), batch.texts)
