@@ -208,7 +208,7 @@ def stop_ray_node(leader: subprocess.Popen, temp_dir: str) -> None:
     any process of ours still naming its temp dir. Never `ray stop` (it stops every Ray on the machine)."""
     try:
         os.killpg(leader.pid, signal.SIGTERM)
-        leader.wait(timeout=20)
+        leader.wait(timeout=3)  # a test cluster keeps nothing worth a graceful stop: SIGKILL soon after
     except (ProcessLookupError, subprocess.TimeoutExpired):
         pass
     try:

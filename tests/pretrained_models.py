@@ -5,16 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-def clip_tokenizer():
-    """CLIP's tokenizer class with a byte-level BPE of no merges: every byte a token."""
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import CLIPTokenizer
-
-    chars = sorted(ByteLevel.alphabet())
-    vocab = {c: i for i, c in enumerate(chars)} | {c + "</w>": len(chars) + i for i, c in enumerate(chars)}
-    vocab |= {"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1}
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+# The benchmark's offline tokenizers (benchmarks.gpu builds the real-size models with them).
+from benchmarks.gpu_pretrained import blip_tokenizer as _blip_tokenizer
+from benchmarks.gpu_pretrained import clip_tokenizer, gemma_tokenizer  # noqa: F401 - the tests' too
 
 
 def save_tiny_clip(folder: Path, seed: int = 0) -> str:
@@ -36,13 +29,7 @@ def save_tiny_clip(folder: Path, seed: int = 0) -> str:
 
 
 def blip_tokenizer():
-    """BLIP's tokenizer: bert-base-uncased plus [DEC] (its BOS) and [ENC]; MiniLM ships the same WordPiece vocab."""
-    from transformers import AutoTokenizer
-
-    from fastslow.models.text import minilm_path
-
-    tok = AutoTokenizer.from_pretrained(str(minilm_path()))
-    tok.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
+    tok = _blip_tokenizer()
     assert len(tok) == 30524 and tok.bos_token_id == 30522  # BLIP's vocabulary size and [DEC] id
     return tok
 
