@@ -277,7 +277,7 @@ SCHEDULED_TOGETHER = {
     # Both start a local Ray and Serve through the CLI (`fastslow demo`, `fastslow serve`): one at a time.
     "local-ray": ("test_demo", "test_s3_pipeline"),
     # The Serve apps of the session's serve_stack (two index versions built by jobs): built once.
-    "serve-stack": ("test_serve_app", "test_serve_app_page", "test_serve_hardening", "test_serve_remote"),
+    "serve-stack": ("test_serve_app", "test_serve_app_page", "test_serve_hardening"),
 }
 HEAVIEST_FIRST = ("local-ray", "serve-stack", "test_faults_nodes", "test_jobs_training", "test_faults_index",
                   "test_cli", "test_cluster_env", "test_pretrained_pipeline", "test_benchmark_table",

@@ -114,9 +114,10 @@ def assert_timings(table: dict) -> None:
                 assert not set(TIMINGS) & set(row)
                 continue
             assert row["latency_ms"] > 0 and row["queries_per_s"] > 0
-            # Queries in flight at once: at least a small share of one (batching is never 20x slower than one at
-            # a time) and at most a few batches (a ms/s mix-up is off by 1,000).
-            assert 0.05 <= row["queries_per_s"] * row["latency_ms"] / 1000 <= 10 * timing["batch"], row
+            # Queries in flight at once (throughput x latency): 1 to a few hundred here (batched Slow re-ranking of
+            # a tiny model costs far less per query than one at a time, and a busy machine moves the latency sample);
+            # a ms/s mix-up moves it 1,000-fold.
+            assert 0.01 <= row["queries_per_s"] * row["latency_ms"] / 1000 <= 100 * timing["batch"], row
             if row["k"] is None:
                 assert "speedup_latency" not in row
                 continue

@@ -31,27 +31,6 @@ def _summary(out) -> dict:
         return json.load(f)
 
 
-def test_fast_job_on_two_workers_writes_a_loadable_checkpoint(tiny_images, tmp_path, submit_job):
-    out, job = str(tmp_path / "fast"), job_id("fast")
-    client = submit_job(job, "jobs.train_fast", "--data", tiny_images, "--out", out, *TINY_FAST, *TWO_WORKERS,
-                        "train.epochs=3", "train.batch_size=8", "job.log_every=1")
-    status, logs = wait_for(client, job)
-    assert status == "SUCCEEDED", logs[-4000:]
-    model, manifest = load_checkpoint(os.path.join(out, "checkpoint"))
-    assert isinstance(model, FastModel)
-    trained = manifest["extra"]["train_summary"]
-    # 40 training items, a global batch of 8 (4 on each of the 2 workers): 5 steps per epoch.
-    assert trained["workers"] == 2 and trained["step"] == trained["total_steps"] == 15 and trained["resumed_from"] == []
-    with open(os.path.join(out, "history.json")) as f:
-        history = json.load(f)
-    assert [h["step"] for h in history] == list(range(1, 16))
-    assert all(h["loss"] > 0 and h["samples_per_s"] > 0 and 0 < h["temperature"] < 1 for h in history)
-    assert "step 1/15" in logs and "step 15/15" in logs and f"final checkpoint: {out}/checkpoint" in logs
-    summary = _summary(out)
-    assert summary["train_items"] == 40 and summary["val"]["gallery"] == 10 and summary["val"]["queries"] == 50
-    assert os.path.isdir(summary["ray_checkpoint"])  # Ray Train's own copy, under <out>/ray_train
-
-
 def test_fast_job_on_unsplit_img2dataset_shards_holds_out_a_hashed_val_share(tiny_images, tmp_path, submit_job):
     """Tar shards carry no splits: the job trains on every item but the held-out share, with no split settings."""
     from fastslow.data.holdout import held_out
@@ -68,6 +47,10 @@ def test_fast_job_on_unsplit_img2dataset_shards_holds_out_a_hashed_val_share(tin
     assert 0 < val < len(shards) and summary["train_items"] == len(shards) - val
     assert summary["val"]["gallery"] == summary["val"]["queries"] == val  # one caption per shard item
     assert "held out by a hash of their ids" in logs
+    model, manifest = load_checkpoint(os.path.join(out, "checkpoint"))
+    assert isinstance(model, FastModel)
+    trained = manifest["extra"]["train_summary"]
+    assert trained["workers"] == 1 and trained["step"] == trained["total_steps"] and trained["resumed_from"] == []
 
 
 def test_slow_then_distill_jobs_with_everything_on_s3(tiny_images, tmp_path, submit_job, s3_bucket, moto_endpoint):
@@ -131,8 +114,9 @@ LONG_RUN = [*TINY_FAST, *TWO_WORKERS, "train.epochs=10", "train.batch_size=8", "
 @pytest.mark.timeout(600)
 def test_killed_worker_is_replaced_and_a_resubmitted_run_resumes(tiny_images, tmp_path, submit_job, ray_head,
                                                                   fault_record):
-    """One run, two interruptions: a worker process killed (Ray Train replaces it), then the job stopped and
-    submitted again under the same run name. Each time training restarts from the last checkpoint."""
+    """One run on two workers, two interruptions: a worker process killed (Ray Train replaces it), then the job
+    stopped and submitted again under the same run name. Each time training restarts from the last checkpoint, and
+    the run ends as an uninterrupted one would: a loadable checkpoint, every step's history, validation metrics."""
     out = str(tmp_path / "interrupted")
     args = ["--data", tiny_images, "--out", out, *LONG_RUN, "job.run_name=resumable"]
     first = job_id("first")
@@ -162,8 +146,13 @@ def test_killed_worker_is_replaced_and_a_resubmitted_run_resumes(tiny_images, tm
     assert 5 <= after_kill < 30 and after_kill % 5 == 0, trained
     assert after_kill < after_stop < 50 and after_stop % 5 == 0, trained
     assert f"resumed from step {after_stop}/50" in logs and "step 1/50" not in logs
+    assert trained["workers"] == 2 and f"final checkpoint: {out}/checkpoint" in logs
     with open(os.path.join(out, "history.json")) as f:
-        steps = [h["step"] for h in json.load(f)]
-    assert steps == list(range(1, 51))  # the history across both restarts: every step once
+        history = json.load(f)
+    assert [h["step"] for h in history] == list(range(1, 51))  # the history across both restarts: every step once
+    assert all(h["loss"] > 0 and h["samples_per_s"] > 0 and 0 < h["temperature"] < 1 for h in history)
+    summary = _summary(out)
+    assert summary["train_items"] == 40 and summary["val"]["gallery"] == 10 and summary["val"]["queries"] == 50
+    assert os.path.isdir(summary["ray_checkpoint"])  # Ray Train's own copy, under <out>/ray_train
     fault_record("fault", f"training worker SIGKILLed at step 12 (resumed from step {after_kill}), then the job "
                           f"stopped and resubmitted (resumed from step {after_stop})", injected=2, steps=50)

@@ -1,11 +1,13 @@
 """Day one with pretrained models, through the command line only: a (tiny, random) CLIP folder becomes a Fast
 checkpoint and a BLIP captioner folder a Slow one (`fastslow pretrained`), the folders are then deleted, the photos
-are indexed with no training (`fastslow index`), and the app serves them with BLIP re-ranking (`fastslow serve`):
-/search answers re-ranked hits whose Slow scores are BLIP's own caption log-likelihoods of the query."""
+are indexed with no training (`fastslow index`), and the app serves them with BLIP re-ranking (`fastslow serve
+--address <dashboard>`, run outside the repository: a deploy job with the project's tree): /search answers re-ranked
+hits whose Slow scores are BLIP's own caption log-likelihoods of the query."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import pytest
 
 from cluster.connect import free_port
 from pretrained_models import save_tiny_blip, save_tiny_clip
+from serve_app.launch import get_json
 
 pytestmark = pytest.mark.timeout(600)
 QUERY = "a red square on a blue ground"
@@ -62,10 +65,24 @@ def test_pretrained_fast_index_and_serve_with_blip_reranking(ray_head, no_serve,
     summary = json.loads(built.stdout[built.stdout.index("{"):])
     assert summary["read"] == summary["indexed"] == 10 and summary["errors"] == 0, summary
 
+    # Deployed as from a machine outside the cluster: `--address` is the dashboard, the command runs outside the
+    # repository, submits the deploy as a Ray job with the project's tree, and returns with the endpoint. The
+    # cluster's Python is named: the test cluster's nodes have no `python` with Ray on their PATH.
     port = free_port()
-    fastslow("serve", "--address", ray_head, "--index-root", root, "--fast", fast, "--slow", slow, "--port",
-             str(port), "--cluster-python", sys.executable, cwd=work, timeout=240)
-    status, answer = post(f"http://127.0.0.1:{port}", {"query": QUERY, "k": 5, "rerank": True, "rerank_k": 8})
+    url = f"http://127.0.0.1:{port}"
+    served = fastslow("serve", "--address", ray_head, "--index-root", root, "--fast", fast, "--slow", slow, "--port",
+                      str(port), "--cluster-python", sys.executable, cwd=work, timeout=240)
+    endpoint = json.loads(served.stdout[served.stdout.index("{\n"):])
+    assert endpoint["url"] == url and f"{url}/" in served.stdout  # the head's proxy (this machine here), printed
+    assert endpoint["index_version"] == summary["version"]
+    assert "--remote-port" in served.stdout  # loopback on the head: how to forward it is printed too
+    # The replicas run the job's uploaded package: the app's runtime_env names it, as Ray stored it.
+    _, apps = get_json(f"{ray_head}/api/serve/applications/")
+    runtime_env = apps["applications"]["fastslow"]["deployed_app_config"]["runtime_env"]
+    assert runtime_env["working_dir"] == endpoint["code"] and endpoint["code"].startswith("gcs://_ray_pkg_")
+    assert os.listdir(work) == []  # nothing written where the commands ran
+
+    status, answer = post(url, {"query": QUERY, "k": 5, "rerank": True, "rerank_k": 8})
     assert status == 200 and answer["reranked"] and not answer["degraded"], answer
     hits = answer["results"]
     assert len(hits) == 5 and all(h["slow_score"] is not None for h in hits)

@@ -1,13 +1,13 @@
 """`fastslow serve --address <dashboard URL>` as from a machine outside the cluster: run from a directory that is not
 the repository, it submits the deploy as a Ray job with the project's tree, the app's replicas run that same
 uploaded package, and the command returns with the endpoint (which answers searches) instead of waiting on its own
-localhost. A deploy that fails ends the command in one line with the job's last log lines.
+localhost (tests/test_pretrained_pipeline.py deploys so and queries the app). A deploy that fails ends the command
+in one line with the job's last log lines.
 
 The tests that use `ray_head` are the integration tier, Serve shut down after each; the rest are fast."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -15,7 +15,6 @@ import sys
 import pytest
 
 from cluster.connect import free_port
-from serve_app.launch import get_json
 
 CLI_TIMEOUT_S = 240  # a deploy job is about 15 s of upload and start, plus the app's start (about 10 s here)
 
@@ -25,29 +24,6 @@ def serve_remote(ray_head, cwd, index_root: str, fast: str, slow: str, port: int
     return subprocess.run([sys.executable, "-m", "fastslow", "serve", "--address", ray_head, "--index-root", index_root,
                            "--fast", fast, "--slow", slow, "--port", str(port), "--cluster-python", sys.executable,
                            "--no-progress"], cwd=cwd, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
-
-
-def test_serve_through_the_dashboard_from_outside_the_repository(ray_head, serve_stack, no_serve, tmp_path):
-    from serve_helpers import QUERIES, post
-
-    port = free_port()
-    done = serve_remote(ray_head, tmp_path, serve_stack["root"], serve_stack["fast"], serve_stack["slow"], port)
-    assert done.returncode == 0, done.stderr[-3000:]
-    endpoint = json.loads(done.stdout[done.stdout.index("{\n"):])
-    url = f"http://127.0.0.1:{port}"
-    assert endpoint["url"] == url and f"{url}/" in done.stdout  # the head's proxy (this machine here), printed
-    with open(os.path.join(serve_stack["root"], "CURRENT")) as f:
-        assert endpoint["index_version"] == f.read().strip()
-    assert "--remote-port" in done.stdout  # loopback on the head: how to forward it is printed too
-
-    status, answer = post(url, {"query": QUERIES[0], "k": 5})
-    assert status == 200 and len(answer["results"]) == 5 and answer["reranked"], answer
-
-    # The replicas run the job's uploaded package: the app's runtime_env names it, as Ray stored it.
-    status, apps = get_json(f"{ray_head}/api/serve/applications/")
-    runtime_env = apps["applications"]["fastslow"]["deployed_app_config"]["runtime_env"]
-    assert runtime_env["working_dir"] == endpoint["code"] and endpoint["code"].startswith("gcs://_ray_pkg_")
-    assert os.listdir(tmp_path) == []  # nothing written where the command ran
 
 
 def test_a_failed_deploy_job_ends_in_one_line(ray_head, tiny_fast_checkpoint, no_serve, tmp_path):
