@@ -150,10 +150,7 @@ def _cmd_pretrained(args) -> dict:
     ref = resolve(args.model, args.revision)
     source = {**ref.source, "weights_sha256": weights_sha256(ref.path)}
     if args.kind == "slow":
-        try:
-            from fastslow.models.blip_slow import save_blip_slow_checkpoint
-        except ImportError:  # the builder may live beside the model
-            from fastslow.models.blip_slow_build import save_blip_slow_checkpoint
+        from fastslow.models.blip_slow_build import save_blip_slow_checkpoint
 
         save_blip_slow_checkpoint(str(ref.path), args.out, args.head, source)
         return {"checkpoint": args.out, "kind": "slow", "head": args.head, "source": source}

@@ -66,6 +66,12 @@ def check_fit(fit: str) -> str:
     return fit
 
 
+def decode_geometry(vision) -> tuple[int, str]:
+    """(image size, fit) a model's items are decoded at, from its vision settings (see decode_fit)."""
+    size = vision["image_size"] if isinstance(vision, dict) else vision.image_size
+    return size, decode_fit(vision)
+
+
 def decode_fit(vision) -> str:
     """The fit a model's vision settings want (a config object, or its dict form from a checkpoint's manifest):
     "squash" where they have a `crop` entry that is empty (a pretrained model whose processor resizes the whole
@@ -92,7 +98,7 @@ def _short(e: BaseException) -> str:
 
 def _resized_size(width: int, height: int, size: int, fit: str = "crop") -> tuple[int, int]:
     """(w, h) to resize to: "crop", the shorter side equal to `size`, aspect ratio kept; "squash", size x size."""
-    if check_fit(fit) == "squash":
+    if fit == "squash":  # checked where it came in (DecodeConfig, decode_image, decode_video), not per frame
         return size, size
     if width <= height:
         return size, max(size, round(height * size / width))

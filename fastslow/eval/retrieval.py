@@ -7,7 +7,7 @@ import time
 import numpy as np
 import torch
 
-from fastslow.data.decode import decode_fit
+from fastslow.data.decode import decode_geometry
 from fastslow.data.loaded import LoadedSplit
 from fastslow.data.source import DataConfig, load_data_split
 from fastslow.errors import FastslowError
@@ -97,7 +97,7 @@ def run_eval(checkpoint: str, data: DataConfig, split: str | None, progress: boo
              k: int = 20, fast_weight: float = 0.0) -> dict:
     """Evaluate a saved Fast checkpoint on one split; with `rerank` (a Slow checkpoint), Fast top k then Slow."""
     model = load_model(checkpoint, FastEncoder)
-    size, fit = model.config.vision.image_size, decode_fit(model.config.vision)
+    size, fit = decode_geometry(model.config.vision)
     loaded = load_data_split(data, split, size, progress, fit)
     if rerank is None:
         return result_summary(evaluate_fast(model, loaded, progress=progress), split)
@@ -105,7 +105,7 @@ def run_eval(checkpoint: str, data: DataConfig, split: str | None, progress: boo
         raise FastslowError(f"--k {k}: the number of candidates to re-rank must be at least 1")
     slow = load_slow(rerank)
     slow_pixels = None
-    slow_size, slow_fit = slow.config.vision.image_size, decode_fit(slow.config.vision)
+    slow_size, slow_fit = decode_geometry(slow.config.vision)
     if (slow_size, slow_fit) != (size, fit):  # Slow sees the items at its own size and fit (BLIP: squashed)
         slow_pixels = load_data_split(data, split, slow_size, progress, slow_fit).pixels
     result = evaluate_reranked(model, slow, loaded, k, fast_weight, slow_pixels, progress)

@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 
 from fastslow.errors import FastslowError
 from fastslow.models.blip_slow import BlipSlowModel
-from fastslow.models.checkpoint import load_checkpoint
+from fastslow.models.checkpoint import load_model
 from fastslow.models.slow import SlowModel
 
 # Every Slow model: fastslow's own captioner, trained here, and a pretrained BLIP (fastslow/models/blip_slow.py).
@@ -17,10 +17,7 @@ SLOW_MODELS = (SlowModel, BlipSlowModel)
 
 def load_slow(checkpoint: str):
     """A Slow checkpoint's model (any of SLOW_MODELS), refusing any other model with a clear error."""
-    model, _ = load_checkpoint(checkpoint)
-    if not isinstance(model, SLOW_MODELS):
-        raise FastslowError(f"{checkpoint}: expected a Slow checkpoint, found a {type(model).__name__}")
-    return model
+    return load_model(checkpoint, SLOW_MODELS)
 
 
 @torch.no_grad()

@@ -15,10 +15,7 @@ embedding is the mean of the frames' projected [CLS] states, as BLIP's zero-shot
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +24,7 @@ from torch import nn
 
 from fastslow.errors import FastslowError
 from fastslow.models.checkpoint import register_model_type
+from fastslow.models.text import tokenizer_files, tokenizer_from_files
 
 HEADS = ("caption", "itm", "itm+itc")
 RESAMPLES = ("bicubic", "bilinear")
@@ -146,31 +144,13 @@ class BlipSlowModel(nn.Module):
 
     def checkpoint_files(self) -> dict[str, bytes]:
         """The tokenizer's files, saved beside the weights (and sha256-checked on load) by save_checkpoint."""
-        tok = self._tok()
-        with tempfile.TemporaryDirectory() as d:
-            tok.save_pretrained(d)
-            return {TOKENIZER_PREFIX + p.name: p.read_bytes() for p in sorted(Path(d).iterdir()) if p.is_file()}
+        return tokenizer_files(self._tok(), TOKENIZER_PREFIX)
 
     def _load_tokenizer(self, files: dict[str, bytes], where: str = "blip_slow"):
         """The tokenizer from its files (a local load that runs no remote code), checked against the embeddings."""
-        from transformers import AutoTokenizer
-
-        from fastslow.models.text import MIN_VOCAB
-        from fastslow.models.vision import quiet_transformers
-
-        d = tempfile.mkdtemp(prefix="fastslow-blip-tok-")
-        try:
-            for name, data in files.items():
-                if name.startswith(TOKENIZER_PREFIX):
-                    (Path(d) / name[len(TOKENIZER_PREFIX):]).write_bytes(data)
-            with quiet_transformers():
-                tok = AutoTokenizer.from_pretrained(d, trust_remote_code=False, local_files_only=True)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise FastslowError(f"{where}: the tokenizer does not load ({e})") from e
-        finally:
-            shutil.rmtree(d, ignore_errors=True)
+        tok = tokenizer_from_files(files, TOKENIZER_PREFIX, where)
         vocab = self.hf.config.text_config.vocab_size
-        if len(tok) <= MIN_VOCAB or len(tok) > vocab:
+        if len(tok) > vocab:
             raise FastslowError(f"{where}: the tokenizer has {len(tok)} tokens; the model embeds {vocab}")
         return tok
 

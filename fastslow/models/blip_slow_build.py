@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ from fastslow.models.blip_slow import (
     _hf_class,
 )
 from fastslow.models.checkpoint import save_checkpoint
+from fastslow.models.text import tokenizer_files
 
 PIL_RESAMPLE = {3: "bicubic", 2: "bilinear"}  # PIL's filter numbers, as preprocessor_config.json stores them
 MAX_LENGTH = {"caption": 40, "itm": 35, "itm+itc": 35}  # BLIP's own: captioning 40 tokens, retrieval 35
@@ -76,9 +76,7 @@ def _tokenizer_files(local_dir: str) -> dict[str, bytes]:
             tok = AutoTokenizer.from_pretrained(local_dir, trust_remote_code=False, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise FastslowError(f"{local_dir}: the tokenizer does not load ({e})") from e
-    with tempfile.TemporaryDirectory() as d:
-        tok.save_pretrained(d)
-        return {TOKENIZER_PREFIX + p.name: p.read_bytes() for p in sorted(Path(d).iterdir()) if p.is_file()}
+    return tokenizer_files(tok, TOKENIZER_PREFIX)
 
 
 def build_blip_slow(local_dir: str, head: str) -> BlipSlowModel:

@@ -186,11 +186,13 @@ def load_checkpoint(uri: str, map_location: str | torch.device = "cpu") -> tuple
     return model.to(map_location).eval(), manifest
 
 
-def load_model(checkpoint: str, expected: type):
-    """A checkpoint's model, refusing any other model type than `expected` with a clear error."""
+def load_model(checkpoint: str, expected: type | tuple[type, ...]):
+    """A checkpoint's model, refusing any other model type than `expected` (a class, or a tuple of classes named
+    after the first) with a clear error."""
     model, _ = load_checkpoint(checkpoint)
     if not isinstance(model, expected):
-        name = expected.__name__.removesuffix("Model").removesuffix("Encoder")
+        first = expected[0] if isinstance(expected, tuple) else expected
+        name = first.__name__.removesuffix("Model").removesuffix("Encoder")
         raise FastslowError(f"{checkpoint}: expected a {name} checkpoint, found a {type(model).__name__}")
     return model
 

@@ -10,7 +10,6 @@ Loading builds the model from that config and the tokenizer from those files; no
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,12 +20,12 @@ from fastslow.errors import FastslowError
 from fastslow.models.checkpoint import register_model_type
 from fastslow.models.fast import MAX_LOGIT_SCALE, FastEncoder, pool_frames
 from fastslow.models.pretrained_preprocess import PretrainedVisionConfig, preprocess, vision_settings
+from fastslow.models.text import tokenizer_files, tokenizer_from_files
 from fastslow.models.vision import load_hf_model, quiet_transformers
 
 FAMILIES = {"clip": "CLIPModel", "siglip": "SiglipModel", "siglip2": "Siglip2Model"}
 TRAINABLE = ("projections", "text", "all")
 FILES_DIR = "processor"
-MIN_VOCAB = 100  # a tokenizer with fewer tokens lost its files (the HF_HUB_OFFLINE trap)
 
 
 @dataclass
@@ -78,25 +77,6 @@ def _empty_weights():
     return no_init_weights()
 
 
-def _load_tokenizer(files: dict[str, bytes], where: str):
-    """The tokenizer from its files ({"processor/NAME": bytes}), written to a temporary folder just to be read."""
-    from transformers import AutoTokenizer
-
-    with tempfile.TemporaryDirectory(prefix="fastslow-tokenizer-") as tmp:
-        for name, data in files.items():
-            if name.startswith(FILES_DIR + "/") and "/" not in name[len(FILES_DIR) + 1 :]:
-                (Path(tmp) / name[len(FILES_DIR) + 1 :]).write_bytes(data)
-        try:
-            with quiet_transformers():
-                tokenizer = AutoTokenizer.from_pretrained(tmp, trust_remote_code=False)
-        except (OSError, ValueError, KeyError, ImportError) as e:
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise FastslowError(f"{where}: cannot load its tokenizer ({first})") from e
-    if len(tokenizer) <= MIN_VOCAB:
-        raise FastslowError(f"{where}: tokenizer loaded with a vocabulary of {len(tokenizer)} tokens (files missing?)")
-    return tokenizer
-
-
 class PretrainedFastModel(FastEncoder):
     """A CLIP/SigLIP/SigLIP 2 model behind Fast's interface; cosine ranks as its logits do (scale > 0)."""
 
@@ -111,7 +91,7 @@ class PretrainedFastModel(FastEncoder):
                 model = cls(cls.config_class.from_dict(dict(cfg.hf_config)))
         self.model = model.eval()
         self.files = dict(files or {})
-        self.tokenizer = _load_tokenizer(self.files, f"pretrained {cfg.family} model")
+        self.tokenizer = tokenizer_from_files(self.files, FILES_DIR + "/", f"pretrained {cfg.family} model")
         rows = getattr(self.model.config.text_config, "vocab_size", None)
         if rows is not None and len(self.tokenizer) > rows:
             raise FastslowError(f"pretrained {cfg.family} model: tokenizer has {len(self.tokenizer)} tokens but the "
@@ -225,9 +205,7 @@ class PretrainedFastModel(FastEncoder):
 
 def _processor_files(folder: Path, tokenizer) -> dict[str, bytes]:
     """The tokenizer's files as save_pretrained writes them, and the image processor's config (for reference)."""
-    with tempfile.TemporaryDirectory(prefix="fastslow-tokenizer-") as tmp:
-        tokenizer.save_pretrained(tmp)
-        files = {f"{FILES_DIR}/{p.name}": p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()}
+    files = tokenizer_files(tokenizer, FILES_DIR + "/")
     config = folder / "preprocessor_config.json"
     if config.is_file():
         files[f"{FILES_DIR}/preprocessor_config.json"] = config.read_bytes()

@@ -19,6 +19,39 @@ MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9d
 MIN_VOCAB = 100
 
 
+
+def tokenizer_files(tokenizer, prefix: str) -> dict[str, bytes]:
+    """A transformers tokenizer as the files save_pretrained writes, named `prefix` + file name: what a
+    pretrained model's checkpoint keeps beside its weights (checkpoint_files)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="fastslow-tokenizer-") as tmp:
+        tokenizer.save_pretrained(tmp)
+        return {prefix + p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()}
+
+
+def tokenizer_from_files(files: dict[str, bytes], prefix: str, where: str):
+    """The tokenizer from the files named `prefix` + file name (tokenizer_files), loaded with no remote code;
+    a FastslowError naming `where` when it does not load or comes out too small (files missing)."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory(prefix="fastslow-tokenizer-") as tmp:
+        for name, data in files.items():
+            if name.startswith(prefix) and "/" not in name[len(prefix):]:
+                (Path(tmp) / name[len(prefix):]).write_bytes(data)
+        try:
+            with quiet_transformers():
+                tokenizer = AutoTokenizer.from_pretrained(tmp, trust_remote_code=False, local_files_only=True)
+        except (OSError, ValueError, KeyError, TypeError, ImportError) as e:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise FastslowError(f"{where}: cannot load its tokenizer ({first})") from e
+    if len(tokenizer) <= MIN_VOCAB:
+        raise FastslowError(f"{where}: tokenizer loaded with a vocabulary of {len(tokenizer)} tokens (files missing?)")
+    return tokenizer
+
+
 @dataclass
 class TextOutput:
     """Token features (B, L, D), attention mask (B, L) with 1 for real tokens, pooled (B, D)."""

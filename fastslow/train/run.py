@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fastslow.data.decode import decode_fit
+from fastslow.data.decode import decode_fit, decode_geometry
 from fastslow.data.source import DataConfig
 from fastslow.data.holdout import val_split_to_read
 from fastslow.data.loaded import LoadedSplit
@@ -104,14 +104,15 @@ def run_training(kind: str, cfg, progress: bool = True) -> dict:
     """`fastslow train KIND`: train in this process, evaluate on the validation split, save the checkpoint to `cfg.out`."""
     started = time.time()
     teacher = check_run(kind, cfg)  # a wrong setting or teacher fails before the data is read
-    init = init_slow_model(cfg) if kind == "slow" else init_fast_model(cfg) if kind == "fast" else None  # a Slow checkpoint to fine-tune: its image size
-    vision = (init.config if init is not None else cfg.model).vision
-    train = load_data_split(cfg.data, cfg.data.train_split, vision.image_size, progress, decode_fit(vision))
+    # A checkpoint to fine-tune (`init`): its config, so its image size and fit, replaces cfg.model.
+    init = init_slow_model(cfg) if kind == "slow" else init_fast_model(cfg) if kind == "fast" else None
+    size, fit = decode_geometry((init.config if init is not None else cfg.model).vision)
+    train = load_data_split(cfg.data, cfg.data.train_split, size, progress, fit)
     write_skipped(cfg, train.report)
     teacher_pixels = None
-    if teacher is not None and _geometry(teacher.config.vision) != _geometry(cfg.model.vision):
+    if teacher is not None and decode_geometry(teacher.config.vision) != decode_geometry(cfg.model.vision):
         # The teacher sees the items as its own processor makes them: its size, its fit (BLIP: squashed).
-        teacher_size, teacher_fit = _geometry(teacher.config.vision)
+        teacher_size, teacher_fit = decode_geometry(teacher.config.vision)
         teacher_pixels = load_data_split(cfg.data, cfg.data.train_split, teacher_size, progress, teacher_fit).pixels
     summary = {"kind": kind, "train_items": len(train.ids), "skipped": len(train.report.problems),
                **({"teacher": cfg.teacher} if kind == "distill" else {})}
@@ -124,11 +125,6 @@ def run_training(kind: str, cfg, progress: bool = True) -> dict:
     summary["checkpoint"] = save_model(cfg, run.model, history, dict(summary))
     summary["seconds"] = round(time.time() - started, 1)
     return write_summary(cfg, summary)
-
-
-def _geometry(vision) -> tuple[int, str]:
-    """(image size, decode fit) a model's items are decoded at."""
-    return vision.image_size, decode_fit(vision)
 
 
 def add_transfer_set(cfg, train: LoadedSplit, teacher: SlowModel, teacher_pixels: np.ndarray | None,
