@@ -1,7 +1,8 @@
 """ray_cluster.yaml against Ray's own cluster-config schema (what `ray up` checks before it starts anything), and
-its promises: no API key, no Ray start; exactly one FAISS build per node (faiss-gpu on GPU nodes only), a failed
+its promises: no API key (or storage root), no Ray start; exactly one FAISS build per node (faiss-gpu on GPU nodes only), a failed
 install stops the node's setup; the dashboard on the head's loopback only. Commands run here through bash with fake
-`aws`, `ray`, `pip` and `python` on PATH that record their calls."""
+`ray` and `pip` on PATH that record their calls; the nodes' settings come from a moto account through the real
+`python -m cluster.node_env`, as on an EC2 node (credentials and region from a fake instance-metadata endpoint)."""
 
 import json
 import os
@@ -98,7 +99,8 @@ def _fake_bin(tmp_path, **scripts: str) -> dict:
     bin_dir.mkdir(exist_ok=True)
     for name, body in scripts.items():
         path = bin_dir / name
-        path.write_text(f'#!/bin/bash\necho "{name} $* key=$FASTSLOW_API_KEY" >> {tmp_path}/calls.log\n{body}\n')
+        path.write_text(f'#!/bin/bash\necho "{name} $* key=$FASTSLOW_API_KEY root=$FASTSLOW_STORAGE_ROOT '
+                        f'region=$AWS_DEFAULT_REGION" >> {tmp_path}/calls.log\n{body}\n')
         path.chmod(0o755)
     return {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "RAY_HEAD_IP": "10.0.0.1"}
 
@@ -120,26 +122,70 @@ def _start_commands(config: dict) -> list[str]:
     return commands
 
 
-@pytest.mark.parametrize("aws", ["exit 0", "exit 255", "echo ''"], ids=["prints-nothing", "fails", "empty-line"])
-def test_no_api_key_no_ray_start(cluster_config, tmp_path, aws):
-    env = _fake_bin(tmp_path, aws=aws, ray="exit 0")
+@pytest.fixture
+def aws_account(moto_endpoint, tmp_path):
+    """The moto server as the nodes' AWS account, reached as an EC2 node reaches AWS: no keys and no region in the
+    environment, credentials and region from a fake instance-metadata endpoint. (env for the start commands with a
+    fake `ray` and the real `python`, boto3 clients to set the secret and the parameter in the account)."""
+    import boto3
+    from fake_imds import FakeIMDS
+
+    imds = FakeIMDS()
+    for name in ("config", "credentials"):
+        (tmp_path / name).write_text("")
+    env = {**_fake_bin(tmp_path, ray="exit 0", python=f'exec {sys.executable} "$@"'),
+           "AWS_ENDPOINT_URL": moto_endpoint, "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url,
+           "AWS_CONFIG_FILE": str(tmp_path / "config"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "credentials")}
+    kw = {"region_name": "us-west-2", "endpoint_url": moto_endpoint, "aws_access_key_id": "testing",
+          "aws_secret_access_key": "testing"}
+    secrets, ssm = boto3.client("secretsmanager", **kw), boto3.client("ssm", **kw)
+    try:
+        yield env, secrets, ssm, imds
+    finally:
+        imds.close()
+        for call, kwargs in ((secrets.delete_secret, {"SecretId": "fastslow/api-key", "ForceDeleteWithoutRecovery": True}),
+                             (ssm.delete_parameter, {"Name": "/fastslow/storage-root"})):
+            try:
+                call(**kwargs)
+            except Exception:  # not created by this test
+                pass
+
+
+@pytest.mark.parametrize("account", ["nothing", "no-key", "empty-key", "no-root", "root-not-s3"])
+def test_no_api_key_or_storage_root_no_ray_start(cluster_config, tmp_path, aws_account, account):
+    env, secrets, ssm, _ = aws_account
+    if account not in ("nothing", "no-key"):
+        secrets.create_secret(Name="fastslow/api-key", SecretString="  " if account == "empty-key" else "k-1")
+    if account in ("no-key", "empty-key", "root-not-s3"):
+        ssm.put_parameter(Name="/fastslow/storage-root", Type="String",
+                          Value="my-bucket/fastslow" if account == "root-not-s3" else "s3://b/fastslow")
+    expected = {"nothing": "secret fastslow/api-key", "no-key": "secret fastslow/api-key",
+                "empty-key": "secret fastslow/api-key (it is empty)", "no-root": "parameter /fastslow/storage-root",
+                "root-not-s3": "expected s3://BUCKET"}[account]
     for command in _start_commands(cluster_config):
         status, stderr, calls = _run(command, env, tmp_path)
         assert status != 0, command  # the launcher marks the node failed
-        assert "aws secretsmanager get-secret-value" in calls and "ray " not in calls, calls  # ray start never ran
-        if aws != "exit 255":
-            assert "no API key" in stderr
+        assert "python -m cluster.node_env" in calls and "ray " not in calls, calls  # ray start never ran
+        [line] = stderr.strip().splitlines()  # one line, naming what is missing
+        assert expected in line and line.endswith("Ray not started"), line
 
 
-def test_with_the_key_ray_starts_with_it_and_the_dashboard_on_loopback(cluster_config, tmp_path):
-    env = _fake_bin(tmp_path, aws="echo fs-secret-key", ray="exit 0")
+def test_with_the_key_and_root_ray_starts_with_them_and_the_dashboard_on_loopback(cluster_config, tmp_path,
+                                                                                 aws_account):
+    env, secrets, ssm, imds = aws_account
+    secrets.create_secret(Name="fastslow/api-key", SecretString="fs-secret 'key'")  # quoted through `eval`
+    ssm.put_parameter(Name="/fastslow/storage-root", Type="String", Value="s3://my-bucket/fastslow/")
     head, worker = _start_commands(cluster_config)
     for command in (head, worker):
         status, stderr, calls = _run(command, env, tmp_path)
         assert status == 0, stderr
-        assert "ray start" in calls and "key=fs-secret-key" in calls.split("ray start", 1)[1], calls
+        started = calls.split("ray start", 1)[1]
+        assert "key=fs-secret 'key' root=s3://my-bucket/fastslow region=us-west-2" in started, calls
+        assert "fs-secret" not in stderr
+    # The node's credentials and region came from the instance metadata (no keys or region in its environment).
+    assert imds.credential_requests(imds.requests) and any("availability-zone" in r[1] for r in imds.requests)
     assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in json.dumps(cluster_config)
-    assert "fs-secret-key" not in json.dumps(cluster_config)  # the key is never written down
+    assert "fs-secret" not in json.dumps(cluster_config) and "s3://" not in json.dumps(cluster_config)
 
 
 def test_a_failed_install_stops_the_setup(cluster_config, tmp_path):
@@ -152,3 +198,30 @@ def test_a_failed_install_stops_the_setup(cluster_config, tmp_path):
             assert all(r[0] == 0 for r in results) == expect_ok, (name, pip, results)
             if not expect_ok:  # nothing after the failed install ran (no check, no import)
                 assert all("python" not in r[2] for r in results), (name, results)
+
+
+def test_the_aws_policies_grant_what_the_nodes_read_and_the_head_launches(cluster_config):
+    """cluster/aws/*.json, as the README's one-time set-up applies them, against the names the config and
+    cluster/node_env.py use: a renamed secret, parameter or profile fails here, not on a node."""
+    from cluster.node_env import API_KEY_SECRET, STORAGE_ROOT_PARAMETER
+
+    def policy(name: str) -> dict:
+        with open(os.path.join(REPO, "cluster", "aws", name)) as f:
+            return json.load(f)
+
+    node = {s["Sid"]: s for s in policy("node-policy.json")["Statement"]}
+    assert node["ApiKey"]["Resource"].endswith(f":secret:{API_KEY_SECRET}-*")  # Secrets Manager adds a suffix
+    assert node["StorageRoot"]["Resource"].endswith(f":parameter{STORAGE_ROOT_PARAMETER}")
+    assert node["Objects"]["Resource"] == "arn:aws:s3:::BUCKET/*" and node["Bucket"]["Resource"] == "arn:aws:s3:::BUCKET"
+    head = {s["Sid"]: s for s in policy("head-policy.json")["Statement"]}
+    assert "ec2:RunInstances" in head["LaunchWorkers"]["Action"]
+    assert policy("ec2-trust.json")["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
+    types = cluster_config["available_node_types"]
+    profiles = {name: t["node_config"]["IamInstanceProfile"]["Name"] for name, t in types.items()}
+    head_type = cluster_config["head_node_type"]
+    assert profiles.pop(head_type) == "fastslow-head" and set(profiles.values()) == {"fastslow-node"}
+    assert "arn:aws:iam::*:role/fastslow-node" in head["WorkersRole"]["Resource"]  # the head passes the workers' role
+    with open(os.path.join(REPO, "README.md")) as f:
+        readme = f.read()
+    for name in ("ec2-trust.json", "node-policy.json", "head-policy.json", API_KEY_SECRET, STORAGE_ROOT_PARAMETER):
+        assert name in readme, name
