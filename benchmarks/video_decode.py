@@ -32,14 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.gpu_timing import sig
 from fastslow.env import apply_local_safety_env
 
 FPS, GOP = 30, 250
-
-
-def sig(x: float) -> float:
-    """Four significant figures."""
-    return float(f"{x:.4g}")
 
 
 def write_long_video(path: Path, minutes: float, width: int, height: int) -> None:

@@ -1,6 +1,7 @@
 """Index a collection as a Ray job: the core's index build (`fastslow.index.build`) with its partitions spread over
 the cluster by Ray Data (decode tasks, a pool of Fast-embedding actors, write tasks), then the core's finish:
-FAISS shards, the version written and published behind CURRENT.
+FAISS shards filled in parallel Ray tasks (one per shard, no process holding every vector), the version written
+and published behind CURRENT.
 
     ray job submit --working-dir . -- python -m jobs.build_index --data s3://bucket/photos/ \\
         --checkpoint s3://bucket/runs/fast/checkpoint --root s3://bucket/index index.shards=4
@@ -59,14 +60,45 @@ def _run_pipeline(build: IndexBuild, pending: list[int]) -> None:
                             f"resume") from None
 
 
+def fill_shard_task(**kwargs) -> dict:
+    """The core's fill_shard in a Ray task (a named function: the state API and the placement tests see it)."""
+    from fastslow.index.assemble import fill_shard
+
+    return fill_shard(**kwargs)
+
+
+def _shard_tasks(fn, calls: list[dict]) -> list:
+    """The version's shards filled in parallel Ray tasks on CPU nodes (fastslow.index.assemble), each reading the
+    partitions itself; the shared arguments are put in the object store once. A failed task is retried; past
+    that its error ends the job in one line (the partitions are kept, and a resubmitted job assembles again)."""
+    import ray
+
+    from cluster.resources import cpu_task_options
+
+    del fn  # always the core's fill_shard, through fill_shard_task
+    task = ray.remote(fill_shard_task).options(num_cpus=1, max_retries=2, **cpu_task_options())
+    shared = {k: ray.put(calls[0][k]) for k in ("layout", "trained", "queries")}
+    try:
+        return ray.get([task.remote(**{**c, **shared}) for c in calls])
+    except Exception as e:
+        cause = user_error(e)
+        if cause is None:
+            raise
+        raise FastslowError(f"{str(cause).splitlines()[0]}. The partitions written so far are kept: submit the "
+                            f"same job again to resume") from None
+
+
 def run_build(cfg: IndexRunConfig, address: str | None = None) -> dict:
-    """Embed (on the Ray cluster at `address`, else RAY_ADDRESS, else a local Ray), index, publish; returns the
-    summary (items read = indexed + errors). Relative paths are resolved as a job's are (`storage_path`)."""
+    """Embed (on the Ray cluster at `address`, else RAY_ADDRESS, else a local Ray), index shard by shard in Ray
+    tasks, publish; returns the summary (items read = indexed + errors). Relative paths are resolved as a job's
+    are (`storage_path`)."""
     from cluster.connect import connect, storage_path
 
     build = IndexBuild.prepare(cfg, resolve=storage_path)
+    if build.published:
+        return build.finish()
+    connect(address)
     pending = build.pending()
     if pending:
-        connect(address)
         _run_pipeline(build, pending)
-    return build.finish()
+    return build.finish(run=_shard_tasks)

@@ -32,8 +32,10 @@ class ServeAppConfig:
     fast_checkpoint: str = ""  # must be the model the index was built with (checked against the manifest)
     slow_checkpoint: str = ""  # "" = no re-ranker; requests asking for re-ranking are answered degraded
     shards: int = 0  # 0 = as many as the index version has; otherwise must match it
-    nprobe: int = 0  # IVF indexes: lists searched per query (0 = FAISS's default, 1); more = better recall, slower
-    ef_search: int = 0  # HNSW indexes: search breadth (0 = FAISS's default)
+    # IVF indexes: lists searched per query; HNSW: search breadth. 0 = the version's own, chosen when it was built
+    # (the smallest reaching index.target_recall, in its manifest's `search`); more = better recall, slower.
+    nprobe: int = 0
+    ef_search: int = 0
     fast_weight: float = 0.0  # fusion: final = slow + fast_weight * fast (0 = the Slow order)
     encoder_in_ingress: bool = True  # encode queries in the ingress: one hop fewer on every request
     rerank_timeout_s: float = 5.0  # past this the answer is the Fast order, marked degraded

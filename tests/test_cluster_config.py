@@ -1,8 +1,9 @@
 """ray_cluster.yaml against Ray's own cluster-config schema (what `ray up` checks before it starts anything), and
-its promises: no API key (or storage root), no Ray start; exactly one FAISS build per node (faiss-gpu on GPU nodes only), a failed
-install stops the node's setup; the dashboard on the head's loopback only. Commands run here through bash with fake
-`ray` and `pip` on PATH that record their calls; the nodes' settings come from a moto account through the real
-`python -m cluster.node_env`, as on an EC2 node (credentials and region from a fake instance-metadata endpoint)."""
+its promises: no API key (or storage root), no Ray start; exactly one FAISS build per node (faiss-gpu on GPU nodes
+only), a failed install stops the node's setup; the dashboard on the head's loopback only. Commands run here through
+bash with fake `ray` and `pip` on PATH that record their calls; the nodes' settings come from a moto account through
+the real `python -m cluster.node_env`, as on an EC2 node (credentials and region from a fake instance-metadata
+endpoint)."""
 
 import json
 import os
@@ -143,7 +144,8 @@ def aws_account(moto_endpoint, tmp_path):
         yield env, secrets, ssm, imds
     finally:
         imds.close()
-        for call, kwargs in ((secrets.delete_secret, {"SecretId": "fastslow/api-key", "ForceDeleteWithoutRecovery": True}),
+        for call, kwargs in ((secrets.delete_secret, {"SecretId": "fastslow/api-key",
+                                                      "ForceDeleteWithoutRecovery": True}),
                              (ssm.delete_parameter, {"Name": "/fastslow/storage-root"})):
             try:
                 call(**kwargs)
@@ -212,7 +214,8 @@ def test_the_aws_policies_grant_what_the_nodes_read_and_the_head_launches(cluste
     node = {s["Sid"]: s for s in policy("node-policy.json")["Statement"]}
     assert node["ApiKey"]["Resource"].endswith(f":secret:{API_KEY_SECRET}-*")  # Secrets Manager adds a suffix
     assert node["StorageRoot"]["Resource"].endswith(f":parameter{STORAGE_ROOT_PARAMETER}")
-    assert node["Objects"]["Resource"] == "arn:aws:s3:::BUCKET/*" and node["Bucket"]["Resource"] == "arn:aws:s3:::BUCKET"
+    assert node["Objects"]["Resource"] == "arn:aws:s3:::BUCKET/*"
+    assert node["Bucket"]["Resource"] == "arn:aws:s3:::BUCKET"
     head = {s["Sid"]: s for s in policy("head-policy.json")["Statement"]}
     assert "ec2:RunInstances" in head["LaunchWorkers"]["Action"]
     assert policy("ec2-trust.json")["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}

@@ -10,9 +10,9 @@ stage's work:
 - a two-worker training run, one worker's node removed after a checkpoint (and a CPU node added in its place): Ray
   Train restarts the worker group and the run resumes from the last checkpoint, not from step 0.
 
-Each test also checks where the stages ran (embedding on the GPU type; decoding, writing, retrievers on CPU nodes;
-the re-ranker on the GPU type; training's two workers on two nodes), GPU settings left `auto`. One cluster for the
-module; each test first brings it to the shape it needs (`_shape`), so a test that removed a
+Each test also checks where the stages ran (embedding on the GPU type; decoding, writing, filling the index shards,
+retrievers on CPU nodes; the re-ranker on the GPU type; training's two workers on two nodes), GPU settings left
+`auto`. One cluster for the module; each test first brings it to the shape it needs (`_shape`), so a test that removed a
 node leaves nothing behind that the next one depends on.
 """
 
@@ -179,13 +179,16 @@ def test_index_job_with_a_cpu_node_removed_mid_job_gives_the_same_index(multi, s
     assert _error_ids(summary) == _error_ids(ref) and len(_error_ids(summary)) == REPORTED
     # Each stage on its node type, GPU settings left `auto`: embedding on the GPU type, decoding and writing on
     # CPU nodes (the removed one included).
-    placement = {name: node_kinds_of_tasks(multi, name) for name in ("decode_stage", "FastEmbedder", "write_stage")}
+    placement = {name: node_kinds_of_tasks(multi, name)
+                 for name in ("decode_stage", "FastEmbedder", "write_stage", "fill_shard_task")}
     print(f"index job placement: {placement}")
-    assert placement == {"decode_stage": ["cpu"], "FastEmbedder": ["gpu"], "write_stage": ["cpu"]}, placement
+    assert placement == {"decode_stage": ["cpu"], "FastEmbedder": ["gpu"], "write_stage": ["cpu"],
+                         "fill_shard_task": ["cpu"]}, placement
     outcome = "finished" if len(jobs) == 1 else "failed in one line; resubmitted"
     fault_record("fault", f"index job: a CPU node removed after {written_before} of {PARTITIONS} partitions, "
-                          f"{tasks_on_it} of the job's tasks running there (job {outcome})", injected=1, nodes_removed=1, items_in=summary["read"],
-                 indexed=summary["indexed"], reported=summary["errors"], foreign_ids=0)
+                          f"{tasks_on_it} of the job's tasks running there (job {outcome})", injected=1,
+                 nodes_removed=1, items_in=summary["read"], indexed=summary["indexed"], reported=summary["errors"],
+                 foreign_ids=0)
 
 
 # --- the Serve app ------------------------------------------------------------------------------------------------

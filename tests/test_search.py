@@ -50,7 +50,7 @@ def collection(tmp_path_factory):
 
 def test_shards_merged_equal_one_exact_search(collection):
     shards = [ShardSearcher(collection["root"], s) for s in range(3)]
-    assert sum(len(s.items) for s in shards) == 30 and shards[0].num_frames == 4
+    assert sum(len(s) for s in shards) == 30 and shards[0].num_frames == 4
     q = np.random.default_rng(1).standard_normal((1, collection["vectors"].shape[1])).astype(np.float32)
     merged = merge_hits([s.search(q, 7)[0] for s in shards], 7)
     exact = np.argsort(-(collection["vectors"] @ q[0]), kind="stable")[:7]

@@ -29,7 +29,6 @@ from fastslow.data.decode import DecodeConfig, decode_fit
 from fastslow.data.types import ReadReport
 from fastslow.errors import FastslowError
 from fastslow.index import partition as parts
-from fastslow.data.members import split_member
 from fastslow.index.shard_partition import is_shard_entry, shard_entry
 from fastslow.log import get_logger
 
@@ -114,54 +113,35 @@ def check_plan(build_dir: str, plan: list[list[dict]]) -> None:
     storage.write_text(uri, text)
 
 
-def public_location(uri: str, metadata: str | None, root: str) -> str:
-    """An item's reference for answers: the collection's own `url` where it has one, else its path under the
-    collection root (a shard member's `shard#member`); never an absolute path of the server's file system."""
-    url = json.loads(metadata).get("url") if metadata else None
-    if isinstance(url, str) and url.startswith(("http://", "https://")):
-        return url
-    prefix = root.rstrip("/") + "/"
-    if uri.startswith(prefix):
-        return uri[len(prefix) :]
-    inside = split_member(uri)
-    return storage.basename(uri) if inside is None else f"{storage.basename(inside[0])}#{inside[1]}"
-
-
 def collect(build_dir: str, plan: list, root: str):
     """All partitions' (ids, vectors, metadata table without the vectors, errors, items the shard partitions read),
-    in partition order. An id met again in a later shard is reported there (the first one is indexed)."""
+    in partition order, held in this process: for benchmarks and tests that grow or compare them (a build's own
+    `finish` assembles its version shard by shard instead, fastslow.index.assemble)."""
     import pyarrow as pa
 
-    tables, errors, shard_read, first_shard = [], [], 0, {}
-    for p, entry in enumerate(plan):
-        table, errs = parts.read_partition(build_dir, p, is_shard_entry(entry))
-        if is_shard_entry(entry):
-            shard_read += table.num_rows + len(errs)
-        keep = []
-        for row, (item_id, uri) in enumerate(zip(table.column("id").to_pylist(), table.column("uri").to_pylist())):
-            if item_id in first_shard:
-                errors.append({"id": item_id, "uri": uri, "reason": f"duplicate id (indexed from {first_shard[item_id]})"})
-            else:
-                first_shard[item_id] = (split_member(uri) or (uri,))[0]
-                keep.append(row)
-        tables.append(table.take(keep) if len(keep) < table.num_rows else table)
-        errors += errs
+    from fastslow.index.assemble import scan, vectors_of, with_locations
+
+    layout = scan(build_dir, plan)
+    tables = [parts.read_partition(build_dir, p, layout.sharded[p])[0].take(layout.kept[p])
+              for p in range(len(plan))]
     table = pa.concat_tables(tables)
-    locations = [public_location(u, m, root) for u, m in zip(table.column("uri").to_pylist(),
-                                                             table.column("metadata").to_pylist())]
-    table = table.append_column("location", pa.array(locations, pa.string()))
-    vectors = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
-    return table.column("id").to_pylist(), vectors, table.drop_columns(["embedding"]), errors, shard_read
+    vectors = vectors_of(table) if table.num_rows else np.zeros((0, 0), np.float32)
+    return (table.column("id").to_pylist(), vectors, with_locations(table, root), layout.errors,
+            layout.shard_read)
 
 
 def store_version(root: str, version: str, ids: list[str], vectors: np.ndarray, metadata, spec,
                   identity: dict) -> None:
-    """FAISS shards of the vectors, written as a complete version (not yet live)."""
+    """FAISS shards of the vectors, written as a complete version (not yet live) with the search setting that
+    reaches the spec's target recall."""
     from fastslow.index.publish import write_version
-    from fastslow.index.shards import build_shards
+    from fastslow.index.shards import build_shards, resolved
+    from fastslow.index.tuning import choose_search_setting
 
+    spec = resolved(spec, len(ids))
     indexes, shard_rows = build_shards(ids, vectors, spec)
-    write_version(root, version, indexes, shard_rows, metadata, spec, identity)
+    search = choose_search_setting(indexes, shard_rows, vectors, spec)
+    write_version(root, version, indexes, shard_rows, metadata, spec, identity, search)
 
 
 def make_current(root: str, version: str) -> None:
@@ -255,27 +235,32 @@ class IndexBuild:
                 "config": self.model["config"], "num_frames": self.cfg.data.num_frames,
                 "collection_root": collection_root(self.cfg, self.resolve)}
 
-    def finish(self) -> dict:
-        """Collect every partition, check nothing was lost, write the version, publish it; returns the summary
-        (items read = indexed + errors)."""
+    def finish(self, run: Callable | None = None) -> dict:
+        """Check nothing was lost, write the version shard by shard (`run(fill_shard, calls)`: here one after
+        another, or the job's Ray tasks; fastslow.index.assemble), publish it; returns the summary (items read =
+        indexed + errors)."""
+        from fastslow.index.assemble import assemble, local_map, scan
         from fastslow.index.publish import version_dir
 
-        cfg, report, version = self.cfg, self.report, self.version
+        cfg, version = self.cfg, self.version
         missing = self.pending()
         if missing:
             raise FastslowError(f"version {version}: partitions {missing} are not written yet; run them first")
-        ids, vectors, metadata, errors, read = self.collect()
-        if read != len(ids) + len(errors):
-            raise RuntimeError(f"lost items: read {read} != indexed {len(ids)} + errors {len(errors)}")
+        layout = scan(self.build_dir, self.plan)
+        errors = [{"id": p.id, "uri": p.uri, "reason": p.reason} for p in self.report.problems] + layout.errors
+        read = self.report.read + layout.shard_read
+        if read != layout.items + len(errors):
+            raise RuntimeError(f"lost items: read {read} != indexed {layout.items} + errors {len(errors)}")
         errors_file = storage.join(version_dir(cfg.root, version), "errors.jsonl")
         if not self.published:
             storage.write_text(errors_file, "".join(json.dumps(e) + "\n" for e in errors))
-            if not ids:
+            if not layout.items:
                 raise FastslowError(f"{cfg.data.path}: no item could be indexed (see the errors file)")
-            store_version(cfg.root, version, ids, vectors, metadata, cfg.index, self.identity())
+            assemble(self.build_dir, layout, cfg.root, version, cfg.index, self.identity(),
+                     collection_root(cfg, self.resolve), run or local_map)
         make_current(cfg.root, version)
         seconds = time.time() - self.started
-        return {"version": version, "root": cfg.root, "read": read, "indexed": len(ids),
+        return {"version": version, "root": cfg.root, "read": read, "indexed": layout.items,
                 "errors": len(errors), "errors_file": errors_file, "shards": cfg.index.shards,
                 "seconds": round(seconds, 1), "items_per_s": round(read / max(seconds, 1e-9), 1)}
 

@@ -172,9 +172,9 @@ def run_partition(build_dir: str, partition: int, entry, cfg: DecodeConfig, embe
     return counts
 
 
-def read_partition(build_dir: str, partition: int, sharded: bool = False):
+def read_partition(build_dir: str, partition: int, sharded: bool = False, columns: list[str] | None = None):
     """A written partition's (pyarrow table with its embeddings, errors); a shard partition's (`sharded`) from
-    all its chunks."""
+    all its chunks. `columns`: only those columns of the table."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -184,6 +184,6 @@ def read_partition(build_dir: str, partition: int, sharded: bool = False):
              else [partition_files(build_dir, partition)])
     tables, errors = [], []
     for emb_uri, err_uri in files:
-        tables.append(pq.read_table(io.BytesIO(storage.read_bytes(emb_uri))))
+        tables.append(pq.read_table(pa.BufferReader(storage.read_bytes(emb_uri)), columns=columns))
         errors += [json.loads(line) for line in storage.read_text(err_uri).splitlines() if line.strip()]
     return pa.concat_tables(tables), errors

@@ -1,0 +1,31 @@
+"""`python -m benchmarks.indexing --quick` through its real entry point (its own local Ray, the index job):
+every item indexed, the rates consistent with the bound it states."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.integration  # runs python -m benchmarks.indexing, which starts a local Ray
+@pytest.mark.timeout(600)
+def test_the_quick_run_indexes_every_item_and_reports_its_ratio_to_the_bound(tmp_path):
+    out = tmp_path / "indexing.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.indexing", "--out", str(out), "--quick",
+                           "--data", str(tmp_path / "data"), "--work", str(tmp_path / "work"), "--cpus", "2"],
+                          capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [r["media"] for r in result["rows"]] == ["image", "video"]
+    for row in result["rows"]:
+        assert row["items"] == {"image": 24, "video": 4}[row["media"]]
+        assert row["indexed"] == row["items"] and row["errors"] == 0  # every generated item is media
+        d, e = row["decode_per_s"], row["encode_per_s"]
+        assert d > 0 and e > 0
+        assert row["bound_per_s"] == pytest.approx(1 / (1 / d + 1 / e), rel=0.01)  # the stated bound
+        assert row["ratio_to_bound"] == pytest.approx(row["end_to_end_per_s"] / row["bound_per_s"], rel=0.01)
+        assert row["end_to_end_per_s"] == pytest.approx(row["items"] / row["end_to_end_seconds"], rel=0.05)
+    md = out.with_suffix(".md").read_text()
+    assert "| image | 24 |" in md and "end to end / bound" in md
+    assert out.with_suffix(".png").stat().st_size > 1000
