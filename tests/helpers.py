@@ -99,8 +99,9 @@ def job_status(client, job_id: str) -> str:
 
 
 def job_summary(logs: str) -> dict:
-    """The JSON summary a job prints last."""
-    return json.loads(logs[logs.rindex("{\n"):])
+    """The JSON summary a job prints last (Ray's own lines may follow it in the job's log: the autoscaler's
+    events reach every connected driver)."""
+    return json.JSONDecoder().raw_decode(logs[logs.rindex("{\n"):])[0]
 
 
 def wait_for(client, job_id: str, timeout: float = 400, until_log: str | None = None) -> tuple[str, str]:
