@@ -1,16 +1,17 @@
-"""The whole index build, Ray-free: rows -> partition plan -> version name -> partitions -> collect -> FAISS shards
--> publish, as a pipeline (`IndexBuild`) and a local, sequential executor (`build_index`).
+"""The whole index build, Ray-free: rows -> partition plan -> version name -> partitions -> FAISS shards assembled
+one by one (fastslow.index.assemble) -> publish, as a pipeline (`IndexBuild`) and a local, sequential executor
+(`build_index`).
 
     build = IndexBuild.prepare(cfg)          # checks, reads the items, names the version, writes/checks the plan
     for p in build.pending():                # the partitions with no output yet
         build.run_partition(p)               # decode, embed, write ONE partition in this process
-    summary = build.finish()                 # collect, write the version, publish CURRENT
+    summary = build.finish()                 # assemble the version shard by shard, publish CURRENT
 
 Resumable: the version name is derived from the model, the items and the settings, each
 partition's output is written last and in one piece, and a build run again skips the partitions
 already written, so a build killed at any point finishes the same index. Every item read ends
 up indexed or in the version's errors.jsonl with its id and reason. `jobs.index_job` runs the
-same pipeline with the partitions spread over a Ray cluster.
+same pipeline with the partitions, and then the shards, spread over a Ray cluster.
 """
 
 from __future__ import annotations
