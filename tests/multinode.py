@@ -59,14 +59,13 @@ class MultiNode:
         self.removed[node_id] = self.nodes.pop(node_id)
         self.cluster.wait_for_nodes()
 
-    def kind_of(self, node_id: str) -> str:
-        """"head", "gpu" or "cpu" (by the node's resources, for nodes the autoscaler added too), else "?"."""
-        import ray
-
+    def kind_of(self, node_id: str, resources: dict | None = None) -> str:
+        """"head", "gpu" or "cpu" (by the node's resources, for nodes the autoscaler added too, gone or not), else
+        "?". `resources`: node_resources(self), when the caller has it already."""
         if node_id in self.nodes or node_id in self.removed or node_id == self.cluster.head_node.node_id:
             return self.nodes.get(node_id) or self.removed.get(node_id, "head")
-        resources = next((n["Resources"] for n in ray.nodes() if n["NodeID"] == node_id), {})
-        return "gpu" if resources.get(GPU_NODE) else "cpu" if resources.get(CPU_NODE) else "?"
+        total = (node_resources(self) if resources is None else resources).get(node_id, {})
+        return "gpu" if total.get(GPU_NODE) else "cpu" if total.get(CPU_NODE) else "?"
 
     def shutdown(self) -> None:
         self.cluster.shutdown()
@@ -104,12 +103,21 @@ def node_kinds_of_actors(multi: MultiNode, class_name_part: str) -> list[str]:
     return sorted(multi.kind_of(a.node_id) for a in actors if class_name_part in (a.class_name or ""))
 
 
+def node_resources(multi: MultiNode) -> dict[str, dict]:
+    """Every node's total resources, by node id, the nodes gone too (Ray's state API keeps them; ray.nodes() gives
+    a dead node no resources, so an autoscaled node removed when idle could not be told apart)."""
+    from ray.util.state import list_nodes
+
+    return {n.node_id: n.resources_total for n in list_nodes(address=multi.address, detail=True, limit=1000)}
+
+
 def node_kinds_of_tasks(multi: MultiNode, name_part: str) -> list[str]:
     """The node type of every finished or running task whose name contains `name_part` (Ray's state API)."""
     from ray.util.state import list_tasks
 
     tasks = list_tasks(address=multi.address, limit=10000, detail=True)
-    return sorted({multi.kind_of(t.node_id) for t in tasks if name_part in (t.name or "") and t.node_id})
+    resources = node_resources(multi)
+    return sorted({multi.kind_of(t.node_id, resources) for t in tasks if name_part in (t.name or "") and t.node_id})
 
 
 def wait_until(predicate, timeout_s: float, every_s: float = 0.5, what: str = "condition"):

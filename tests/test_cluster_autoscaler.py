@@ -7,7 +7,7 @@ import os
 
 import pytest
 from helpers import INDEX_SETTINGS, job_id, job_submitter, job_summary, wait_for
-from multinode import alive_nodes_with, node_kinds_of_tasks, start_autoscaling_cluster, wait_until
+from multinode import alive_nodes_with, node_kinds_of_tasks, node_resources, start_autoscaling_cluster, wait_until
 
 from cluster.resources import CPU_NODE, GPU_NODE
 
@@ -33,8 +33,8 @@ def test_index_job_makes_the_autoscaler_add_a_gpu_node_that_goes_away_when_idle(
         summary = job_summary(logs)
         assert summary["read"] == summary["indexed"] == 20
 
-        added = [n["NodeID"] for n in ray.nodes() if n["Resources"].get(GPU_NODE)]  # alive or gone since
-        assert len(added) == 1, ray.nodes()
+        added = [node for node, total in node_resources(multi).items() if total.get(GPU_NODE)]  # alive or gone since
+        assert len(added) == 1, node_resources(multi)
         assert node_kinds_of_tasks(multi, "FastEmbedder") == ["gpu"]
         wait_until(lambda: not alive_nodes_with(GPU_NODE), 120, what="the idle GPU node removed by the autoscaler")
     finally:
