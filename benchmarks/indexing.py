@@ -144,12 +144,11 @@ def end_to_end_rate(folder: Path, checkpoint: str, root: Path, cpus: int) -> dic
 def measure(media: str, paths: list[str], folder: Path, checkpoint: str, work: Path, cpus: int) -> dict:
     """One media type's row: D, E, the bound, end to end and its ratio to the bound."""
     from fastslow.config import EmbedJobConfig
-    from fastslow.data.decode import DecodeConfig, decode_fit
+    from fastslow.data.decode import DecodeConfig
     from fastslow.models.checkpoint import read_manifest
 
     defaults = EmbedJobConfig()
-    vision = read_manifest(checkpoint)["config"]["vision"]
-    cfg = DecodeConfig(image_size=vision["image_size"], num_frames=DecodeConfig.num_frames, fit=decode_fit(vision))
+    cfg = DecodeConfig.for_model(read_manifest(checkpoint)["config"]["vision"])  # as IndexBuild.decode_config
     items = [{"id": Path(p).stem, "media": media, "uri": p} for p in paths]
     plan = [items[i : i + defaults.partition_size] for i in range(0, len(items), defaults.partition_size)]
     d, pixels = decode_rate(plan, cfg, cpus)

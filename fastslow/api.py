@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fastslow.data.decode import DecodeConfig, decode_fit, decode_sample
+from fastslow.data.decode import DecodeConfig, decode_sample
 from fastslow.data.registry import DatasetReader, open_dataset
 from fastslow.data.types import Media, Sample
 from fastslow.devices import autocast
@@ -71,8 +71,7 @@ def embed_media(model: str | FastEncoder, uris: list[str], media: Media = "image
     """Unit vectors (N, d) float32 of image (or video) files, local or s3://, in Fast's space. A file that cannot
     be decoded raises a FastslowError naming it."""
     fast = _fast(model)
-    vision = fast.config.vision
-    cfg = DecodeConfig(image_size=vision.image_size, num_frames=num_frames, fit=decode_fit(vision))
+    cfg = DecodeConfig.for_model(fast.config.vision, num_frames)
     device = next(fast.parameters()).device
     out = [np.zeros((0, fast.config.embed_dim), np.float32)]
     for i in range(0, len(uris), batch_size):

@@ -58,6 +58,13 @@ class DecodeConfig:
     def __post_init__(self) -> None:
         check_fit(self.fit)
 
+    @classmethod
+    def for_model(cls, vision, num_frames: int | None = None) -> DecodeConfig:
+        """The geometry a model's items are decoded at (decode_geometry of its vision settings, a config object or
+        a checkpoint manifest's dict), with `num_frames` frames per video (default: the class's)."""
+        size, fit = decode_geometry(vision)
+        return cls(image_size=size, num_frames=cls.num_frames if num_frames is None else num_frames, fit=fit)
+
 
 def check_fit(fit: str) -> str:
     """`fit` if it is one of FITS, else a FastslowError naming it."""

@@ -26,7 +26,7 @@ import numpy as np
 
 from fastslow import storage
 from fastslow.config import IndexRunConfig
-from fastslow.data.decode import DecodeConfig, decode_fit
+from fastslow.data.decode import DecodeConfig
 from fastslow.data.types import ReadReport
 from fastslow.errors import FastslowError
 from fastslow.index import partition as parts
@@ -202,9 +202,8 @@ class IndexBuild:
                 if not parts.is_written(self.build_dir, p, is_shard_entry(entry))]
 
     def decode_config(self) -> DecodeConfig:
-        vision = self.model["config"]["vision"]  # the checkpoint's manifest: its size, and the fit its model wants
-        return DecodeConfig(image_size=vision["image_size"], num_frames=self.cfg.data.num_frames,
-                            fit=decode_fit(vision))
+        # The checkpoint's manifest: its size, and the fit its model wants.
+        return DecodeConfig.for_model(self.model["config"]["vision"], self.cfg.data.num_frames)
 
     def embedder(self) -> parts.PartitionEmbedder:
         """This process's Fast embedder (loaded on first use)."""

@@ -8,7 +8,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from fastslow.data.decode import DecodeConfig, decode_fit, decode_sample
+from fastslow.data.decode import DecodeConfig, decode_sample
 from fastslow.data.types import Sample
 from fastslow.devices import autocast, best_device
 from fastslow.errors import DecodeError, FastslowError
@@ -33,8 +33,7 @@ class ItemFeatures:
             raise FastslowError(f"cache_mb={cache_mb}: the item cache's budget in MB must be 0 (none) or more")
         self.model = model
         self.budget = int(cache_mb * 2**20)  # bytes
-        vision = model.config.vision
-        self.decode = DecodeConfig(image_size=vision.image_size, num_frames=num_frames, fit=decode_fit(vision))
+        self.decode = DecodeConfig.for_model(model.config.vision, num_frames)
         self.cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self.cached_bytes = 0
         self.lock = threading.Lock()
