@@ -60,23 +60,16 @@ def _run_pipeline(build: IndexBuild, pending: list[int]) -> None:
                             f"resume") from None
 
 
-def fill_shard_task(**kwargs) -> dict:
-    """The core's fill_shard in a Ray task (a named function: the state API and the placement tests see it)."""
-    from fastslow.index.assemble import fill_shard
-
-    return fill_shard(**kwargs)
-
-
 def _shard_tasks(fn, calls: list[dict]) -> list:
-    """The version's shards filled in parallel Ray tasks on CPU nodes (fastslow.index.assemble), each reading the
-    partitions itself; the shared arguments are put in the object store once. A failed task is retried; past
-    that its error ends the job in one line (the partitions are kept, and a resubmitted job assembles again)."""
+    """`fn(**call)` for each call in parallel Ray tasks on CPU nodes: the core's fill_shard, one task per shard
+    (fastslow.index.assemble), each reading the partitions itself; the shared arguments are put in the object
+    store once. A failed task is retried; past that its error ends the job in one line (the partitions are kept,
+    and a resubmitted job assembles again)."""
     import ray
 
     from cluster.resources import cpu_task_options
 
-    del fn  # always the core's fill_shard, through fill_shard_task
-    task = ray.remote(fill_shard_task).options(num_cpus=1, max_retries=2, **cpu_task_options())
+    task = ray.remote(fn).options(num_cpus=1, max_retries=2, **cpu_task_options())
     shared = {k: ray.put(calls[0][k]) for k in ("layout", "trained", "queries")}
     try:
         return ray.get([task.remote(**{**c, **shared}) for c in calls])

@@ -1,7 +1,7 @@
 """A version assembled from a build's written partitions in bounded memory: no process holds every vector.
 
-    layout = scan(build_dir, plan)                      # ids and uris only: which rows are indexed, global rows
-    manifest = assemble(build_dir, plan, layout, ...)   # train once on a sample, then one task per shard
+    layout = scan(build_dir, plan)                          # ids and uris only: which rows are indexed, global rows
+    manifest = assemble(build_dir, layout, root, version, ...)  # train once on a sample, then one task per shard
 
 The driver reads ids and uris (and the vectors of the training sample and of the search-setting queries); each
 shard is filled by its own call of `fill_shard` (a Ray task in the index job, a loop locally): it streams the

@@ -190,6 +190,7 @@ def load_version(root: str, version: str | None = None, shards: list[int] | None
                  expect_dim: int | None = None, expect_model_sha256: str | None = None) -> LoadedIndex:
     """Load a version (default: CURRENT), only `shards` if given, after verifying it against its manifest."""
     faiss = import_faiss()
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     version = version or current_version(root)
@@ -221,7 +222,7 @@ def load_version(root: str, version: str | None = None, shards: list[int] | None
             raise FastslowError(f"{base}/{entry['file']}: holds {index.ntotal} vectors and {len(members)} rows, "
                                 f"manifest says {entry['count']}")
         if "metadata_file" in entry:
-            table = pq.read_table(io.BytesIO(_checked(storage.join(base, entry["metadata_file"]),
+            table = pq.read_table(pa.BufferReader(_checked(storage.join(base, entry["metadata_file"]),
                                                       entry["metadata_sha256"])))
             where = f"{base}/{entry['metadata_file']}"
         else:
@@ -237,10 +238,11 @@ def load_version(root: str, version: str | None = None, shards: list[int] | None
 
 def _whole_metadata(base: str, manifest: dict):
     """The one metadata table of a version written before per-shard metadata, checked."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     entry = manifest["metadata"]
-    table = pq.read_table(io.BytesIO(_checked(storage.join(base, entry["file"]), entry["sha256"])))
+    table = pq.read_table(pa.BufferReader(_checked(storage.join(base, entry["file"]), entry["sha256"])))
     if table.num_rows != entry["count"] or table.num_rows != manifest["items"]:
         raise FastslowError(f"{base}/{entry['file']}: {table.num_rows} rows, manifest says {manifest['items']}")
     return table

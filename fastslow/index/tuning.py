@@ -47,23 +47,23 @@ def shard_part(index, rows: np.ndarray, vectors: np.ndarray, queries: np.ndarray
     shard's raw vectors, in its order (rows[j] for vectors[j])."""
     faiss = import_faiss()
 
+    name, values = setting_of(index)
+    keys = values or [None]  # None: an index with nothing to set, searched as it is
     fetch = min(k + 1, len(rows))
     if fetch == 0:
         empty = (np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64))
-        return {"exact": empty, **{v: empty for v in (setting_of(index)[1] or [None])}}
+        return {"exact": empty, **{v: empty for v in keys}}
     scores, positions = faiss.knn(np.ascontiguousarray(queries, np.float32), np.ascontiguousarray(vectors, np.float32),
                                   fetch, faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2)
     part = {"exact": (scores, np.where(positions >= 0, rows[np.clip(positions, 0, None)], -1))}
     exact = np.sort(part["exact"][1], axis=1)
-    name, values = setting_of(index)
-    for i, value in enumerate(values):
-        part[value] = search_shard(index, rows, queries, k + 1, search_params(index, **{name: value}))
+    for i, value in enumerate(keys):
+        params = search_params(index, **({name: value} if name else {}))
+        part[value] = search_shard(index, rows, queries, k + 1, params)
         if part[value][1].shape == exact.shape and (np.sort(part[value][1], axis=1) == exact).all():
             # Every query's exact neighbours found: a larger setting searches more and finds the same ones.
-            part.update({v: part[value] for v in values[i + 1:]})
+            part.update({v: part[value] for v in keys[i + 1:]})
             break
-    if name is None:
-        part[None] = search_shard(index, rows, queries, k + 1, search_params(index))
     return part
 
 

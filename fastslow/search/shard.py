@@ -35,7 +35,6 @@ class ShardSearcher:
         recorded = loaded.manifest.get("search") or {}  # the version's own, chosen at build for its target recall
         nprobe = recorded.get("nprobe") if nprobe is None else nprobe
         ef_search = recorded.get("ef_search") if ef_search is None else ef_search
-        self.nprobe, self.ef_search = nprobe, ef_search
         # Computed first, CPU or not: it refuses an index whose nprobe/efSearch cannot be set per call.
         params = search_params(loaded.indexes[0], nprobe, ef_search)
         # On a GPU where faiss-gpu and a GPU are there (nprobe then set on this process's copy), else the CPU.
