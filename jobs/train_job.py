@@ -114,8 +114,7 @@ def _prepare_worker(kind: str, config: dict):
     torch.set_num_threads(max(1, int(cfg.job.cpus_per_worker)))  # as many threads as CPUs reserved
     shard = ray.train.get_dataset_shard("train")
     split = split_from_rows(shard.iter_batches(batch_size=256, batch_format="numpy"), config["media"])
-    run = prepare_training(kind, cfg, split, progress=False)
-    run.model.to(ray.train.torch.get_device())
+    run = prepare_training(kind, cfg, split, progress=False, device=ray.train.torch.get_device())
     return cfg, split, run
 
 

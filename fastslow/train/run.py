@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from fastslow.data.decode import decode_fit, decode_geometry
+from fastslow.devices import best_device
 from fastslow.data.source import DataConfig
 from fastslow.data.holdout import val_split_to_read
 from fastslow.data.loaded import LoadedSplit
@@ -73,26 +74,28 @@ def distill_teacher(cfg) -> SlowModel:
 
 
 def prepare_training(kind: str, cfg, split: LoadedSplit, progress: bool = True, teacher: SlowModel | None = None,
-                     teacher_pixels: np.ndarray | None = None, init: torch.nn.Module | None = None) -> Training:
+                     teacher_pixels: np.ndarray | None = None, init: torch.nn.Module | None = None,
+                     device: torch.device | str = "cpu") -> Training:
     """Model, batches and loss of a `fast`, `slow` or `distill` run on `split`: what both the one-process
     run and each Ray Train worker (on its shard) train. The Slow vocabulary comes from `split` unless the
     config names one (workers must share it). `teacher_pixels`: the split at the teacher's image size.
     The model's initial weights come from `cfg.train.seed`, so a run repeats exactly; a `slow` run with `init`
-    (`init_slow_model`) fine-tunes that model instead."""
+    (`init_slow_model`) fine-tunes that model instead. The model (and the teacher) move to `device` before the
+    batches cache frozen towers' features and the teacher scores its table, so that work runs there too."""
     torch.manual_seed(cfg.train.seed)
     if kind == "fast":
-        model = init if init is not None else FastModel(cfg.model)
+        model = (init if init is not None else FastModel(cfg.model)).to(device)
         return Training(model, FastBatches(model, split, cfg.train, progress), fast_loss, "fast")
     if kind == "slow":
-        model = init if init is not None else make_slow_model(cfg.model, split.caption_pairs()[0])
+        model = (init if init is not None else make_slow_model(cfg.model, split.caption_pairs()[0])).to(device)
         return Training(model, SlowBatches(model, split, cfg.train, progress), slow_loss, "slow")
     if kind != "distill":
         raise FastslowError(f"unknown training kind {kind!r} (expected fast, slow or distill)")
-    teacher = teacher or distill_teacher(cfg)
+    teacher = (teacher or distill_teacher(cfg)).to(device)
     if teacher_pixels is None and teacher.config.vision.image_size != cfg.model.vision.image_size:
         raise FastslowError(f"teacher {cfg.teacher}: its image size {teacher.config.vision.image_size} differs from "
                             f"the student's {cfg.model.vision.image_size}; train them at the same size")
-    model = FastModel(cfg.model)
+    model = FastModel(cfg.model).to(device)
     batches = FastBatches(model, split, cfg.train, progress)
     features = slow_features(teacher, split.pixels if teacher_pixels is None else teacher_pixels, progress=progress)
     table = precompute_teacher(teacher, features, batches.texts, batches.caption_item, batches.neighbour_table,
@@ -103,7 +106,10 @@ def prepare_training(kind: str, cfg, split: LoadedSplit, progress: bool = True, 
 def run_training(kind: str, cfg, progress: bool = True) -> dict:
     """`fastslow train KIND`: train in this process, evaluate on the validation split, save the checkpoint to `cfg.out`."""
     started = time.time()
+    device = best_device()  # a GPU where this process has one: the Ray job's workers are given theirs by Ray Train
     teacher = check_run(kind, cfg)  # a wrong setting or teacher fails before the data is read
+    if teacher is not None:
+        teacher.to(device)  # it scores the transfer set (if any) and the training pairs
     # A checkpoint to fine-tune (`init`): its config, so its image size and fit, replaces cfg.model.
     init = init_slow_model(cfg) if kind == "slow" else init_fast_model(cfg) if kind == "fast" else None
     size, fit = decode_geometry((init.config if init is not None else cfg.model).vision)
@@ -118,7 +124,7 @@ def run_training(kind: str, cfg, progress: bool = True) -> dict:
                **({"teacher": cfg.teacher} if kind == "distill" else {})}
     if kind == "distill" and cfg.transfer.items:
         train, teacher_pixels, summary["transfer"] = add_transfer_set(cfg, train, teacher, teacher_pixels, progress)
-    run = prepare_training(kind, cfg, train, progress, teacher, teacher_pixels, init)
+    run = prepare_training(kind, cfg, train, progress, teacher, teacher_pixels, init, device)
     history = run.fit(cfg.train, progress)
     summary.update(validate(kind, cfg, run.model, progress))
     summary.update(steps=len(history), final_loss=history[-1]["loss"] if history else None)
