@@ -1,5 +1,5 @@
 """Ray Data stages of indexing, one partition of items per row: decode (CPU tasks), embed (an actor pool holding
-the Fast model), write (the partition's Parquet file and its errors).
+the Fast model), write (a small actor pool writing the partition's Parquet file and its errors).
 
 Each stage only carries a partition between Ray Data rows and the core's partition steps
 (`fastslow.index.partition`), which the local executor runs in one process: pixels and vectors
@@ -68,3 +68,16 @@ def write_stage(batch: dict, build_dir: str) -> dict:
         for k, column in counts.items():
             column.append(done[k])
     return {k: np.array(v) for k, v in counts.items()}
+
+
+class PartitionWriter:
+    """Actor of the writing pool: `write_stage` in a process that lives as long as the build. Not a task per
+    partition: where the embedding actors hold every CPU of a node (the `auto` pool on a CPU machine), Ray keeps no
+    idle worker beyond the node's CPUs, so each write task would start a fresh worker process, seconds of CPU taken
+    from the embedding each time."""
+
+    def __init__(self, build_dir: str):
+        self.build_dir = build_dir
+
+    def __call__(self, batch: dict) -> dict:
+        return write_stage(batch, self.build_dir)

@@ -51,6 +51,19 @@ def gpus_per_actor(setting, resources: dict | None = None, auto_share: float = 1
     return auto_share if cluster_gpus(resources) > 0 else 0.0
 
 
+def embedding_actors(setting, gpus_each: float, resources: dict | None = None) -> int:
+    """Actors of indexing's embedding pool: the number given, or with `auto` one per GPU share where actors take
+    GPUs (`gpus_each`), else one per CPU of the cluster: each actor runs one torch thread, and with no separate
+    CPU node type Ray Data runs the decode step inside the actors, so on a CPU machine every core decodes and
+    encodes (one actor holding every core would leave the cores idle while it decodes)."""
+    if setting != AUTO:
+        return int(setting)
+    have = cluster_resources() if resources is None else resources
+    if gpus_each > 0:
+        return max(1, int(have.get("GPU", 0) // gpus_each))
+    return max(1, int(have.get("CPU", 1)))
+
+
 def actor_options(num_cpus: float, num_gpus: float, resources: dict | None = None) -> dict:
     """Ray actor options of a stage: its CPUs and GPUs, plus its node type's resource where the cluster has it."""
     have = cluster_resources() if resources is None else resources

@@ -10,7 +10,7 @@ import yaml
 from fastslow import storage
 from fastslow.train.distillation import DistillConfig
 from fastslow.data.source import DataConfig  # noqa: F401  (part of the run configs' public names)
-from fastslow.devices import check_setting
+from fastslow.devices import AUTO, check_setting
 from fastslow.errors import FastslowError
 from fastslow.index.shards import IndexSpec
 from fastslow.models.config import FastConfig, dataclass_from_dict, dataclass_to_dict
@@ -108,14 +108,17 @@ class DistillRunConfig:
 class EmbedJobConfig:
     """How indexing places its work: embedding actors, their mini-batch, GPUs per actor."""
 
-    concurrency: int = 1  # Fast-embedding actors in the pool
+    concurrency: int | str = "auto"  # Fast-embedding actors in the pool; auto: one per GPU, else one per CPU
     batch_size: int = 64  # images (or videos) per forward pass inside an actor
     num_gpus: float | str = "auto"  # per actor; auto: 1 where the cluster has GPUs, else 0
     partition_size: int = 256  # items per partition: the unit that is written, and rerun after a failure
 
     def __post_init__(self) -> None:
-        if self.concurrency < 1 or self.batch_size < 1 or self.partition_size < 1:
-            raise FastslowError("embed: concurrency, batch_size and partition_size must be >= 1")
+        if self.batch_size < 1 or self.partition_size < 1:
+            raise FastslowError("embed: batch_size and partition_size must be >= 1")
+        if self.concurrency != AUTO and (isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int)
+                                         or self.concurrency < 1):
+            raise FastslowError(f"embed.concurrency: expected 'auto' or a whole number >= 1, got {self.concurrency!r}")
         check_setting("embed.num_gpus", self.num_gpus)
 
 

@@ -27,8 +27,8 @@ def _run_pipeline(build: IndexBuild, pending: list[int]) -> None:
     """The pending partitions through Ray Data: the core's decode, embed and write steps of each."""
     import ray.data
 
-    from actors.index_stages import FastEmbedder, decode_stage, write_stage
-    from cluster.resources import actor_options, cpu_task_options, gpus_per_actor
+    from actors.index_stages import FastEmbedder, PartitionWriter, decode_stage
+    from cluster.resources import actor_options, cpu_task_options, embedding_actors, gpus_per_actor
     from fastslow.index.shard_partition import ChunkTracker
 
     cfg = build.cfg
@@ -38,12 +38,17 @@ def _run_pipeline(build: IndexBuild, pending: list[int]) -> None:
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     cpu_tasks = cpu_task_options()
     ds = ds.map_batches(decode_stage, batch_size=1, fn_kwargs={"cfg": build.decode_config()}, **cpu_tasks)
-    options = actor_options(1.0, gpus_per_actor(cfg.embed.num_gpus))
+    gpus = gpus_per_actor(cfg.embed.num_gpus)
+    options = actor_options(1.0, gpus)
+    actors = embedding_actors(cfg.embed.concurrency, gpus)
+    log.info("embedding in %d actor(s), %s GPU each", actors, gpus)
     ds = ds.map_batches(FastEmbedder, batch_size=1, num_cpus=options["num_cpus"], num_gpus=options["num_gpus"] or None,
                         resources=options.get("resources"),
                         fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "batch_size": cfg.embed.batch_size},
-                        compute=ray.data.ActorPoolStrategy(size=cfg.embed.concurrency))
-    ds = ds.map_batches(write_stage, batch_size=1, fn_kwargs={"build_dir": build.build_dir}, **cpu_tasks)
+                        compute=ray.data.ActorPoolStrategy(size=actors))
+    # Writing is I/O, and with `auto` the actors hold every CPU: a writer asking for one would wait for the pool.
+    ds = ds.map_batches(PartitionWriter, batch_size=1, fn_constructor_kwargs={"build_dir": build.build_dir}, num_cpus=0,
+                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors), **cpu_tasks)
     tracker = ChunkTracker(build.build_dir)  # a shard partition is done once all its chunks are written
     try:
         for batch in ds.iter_batches(batch_size=None):

@@ -74,6 +74,30 @@ def test_frozen_pretrained_tower_not_stored(tmp_path):
         load_checkpoint(path)
 
 
+def test_visual_only_load_embeds_items_as_the_whole_model_does(tmp_path):
+    torch.manual_seed(0)
+    model = FastModel(tiny_config(vision_kind="efficientnet_lite0", vision_trainable=False)).eval()
+    path = str(tmp_path / "ck")
+    save_checkpoint(model, path)
+    visual, _ = load_checkpoint(path, visual_only=True)
+    assert visual.text_tower is None
+    assert not any(k.startswith(FastModel.TEXT_PREFIXES) for k in visual.state_dict())
+    pixels = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(visual.encode_visual(pixels), model.encode_visual(pixels), atol=0, rtol=0)
+    with pytest.raises(FastslowError, match="without its text side"):
+        visual.encode_text(["a blue ball"])
+    # The checks still hold for what is loaded: a corrupted visual head is refused.
+    state = load_file(os.path.join(path, "model.safetensors"))
+    state = {k: v for k, v in state.items() if not k.startswith("visual_head.")}
+    save_file(state, os.path.join(path, "model.safetensors"))
+    info = json.loads(open(os.path.join(path, "config.json")).read())
+    info["weights_sha256"] = ckpt.hashlib.sha256(open(os.path.join(path, "model.safetensors"), "rb").read()).hexdigest()
+    open(os.path.join(path, "config.json"), "w").write(json.dumps(info))
+    with pytest.raises(FastslowError, match="missing"):
+        load_checkpoint(path, visual_only=True)
+
+
 @pytest.mark.faults
 @pytest.mark.timeout(60)
 def test_corrupted_weights_named(saved, fault_record):

@@ -174,11 +174,12 @@ def _pids_that_ran(job: dict, name_part: str) -> list[int]:
 
 
 def _stages(job: dict) -> dict[str, list[dict]]:
-    """The records of the driver, of the embedding actor and of the workers that ran decode_stage and write_stage
-    (on one node Ray Data fuses decode_stage into the embedding actor); each stage has at least one."""
+    """The records of the driver, of the embedding actor, of the workers that ran decode_stage and of the
+    PartitionWriter actor (on one node Ray Data fuses decode_stage into the embedding actor); each stage has at
+    least one."""
     records = job["records"]
     stages = {"driver": [r for r in records.values() if r["role"] == "driver"]}
-    for stage in ("decode_stage", "FastEmbedder", "write_stage"):
+    for stage in ("decode_stage", "FastEmbedder", "PartitionWriter"):
         pids = _pids_that_ran(job, stage)
         assert pids, f"no {stage} task in Ray's state API: {job['roles']}"
         stages[stage] = [records[pid] for pid in pids if pid in records]
@@ -238,11 +239,11 @@ def test_credentials_from_instance_metadata_let_the_job_read_and_write_the_bucke
     imds, asked = ec2_node["imds"], s3_index_job["imds"]
     assert imds.credential_requests(asked) >= 1 and asked[0] == ("PUT", "/latest/api/token", False), asked
     stages = _stages(s3_index_job)
-    # The driver (lists the images, reads the checkpoint, publishes), decode_stage (reads the images), the
-    # embedding actor (loads the checkpoint) and write_stage (writes the partitions) signed with the role's
+    # The driver (lists the images, reads the checkpoint, publishes), decode_stage (reads the images), the embedding
+    # actor (loads the checkpoint) and the PartitionWriter actor (writes the partitions) signed with the role's
     # credentials, found by botocore's instance-metadata provider ("iam-role"): there were no others (no keys in the
     # environment, empty credentials and config files, no container or web-identity settings).
-    for stage in ("driver", "decode_stage", "FastEmbedder", "write_stage"):
+    for stage in ("driver", "decode_stage", "FastEmbedder", "PartitionWriter"):
         used = [c for r in stages[stage] for c in r["s3_credentials"]]
         assert used, f"{stage}: no S3 client recorded"
         assert all(c == {"method": "iam-role", "access_key": imds.access_key} for c in used), (stage, used)

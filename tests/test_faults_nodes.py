@@ -180,9 +180,9 @@ def test_index_job_with_a_cpu_node_removed_mid_job_gives_the_same_index(multi, s
     # Each stage on its node type, GPU settings left `auto`: embedding on the GPU type, decoding and writing on
     # CPU nodes (the removed one included).
     placement = {name: node_kinds_of_tasks(multi, name)
-                 for name in ("decode_stage", "FastEmbedder", "write_stage", "fill_shard")}
+                 for name in ("decode_stage", "FastEmbedder", "PartitionWriter", "fill_shard")}
     print(f"index job placement: {placement}")
-    assert placement == {"decode_stage": ["cpu"], "FastEmbedder": ["gpu"], "write_stage": ["cpu"],
+    assert placement == {"decode_stage": ["cpu"], "FastEmbedder": ["gpu"], "PartitionWriter": ["cpu"],
                          "fill_shard": ["cpu"]}, placement
     outcome = "finished" if len(jobs) == 1 else "failed in one line; resubmitted"
     fault_record("fault", f"index job: a CPU node removed after {written_before} of {PARTITIONS} partitions, "

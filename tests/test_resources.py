@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.resources import actor_options, check_setting, gpus_per_actor, use_gpu, worker_resources
-from fastslow.config import EmbedJobConfig, FastRunConfig, JobConfig, load_config
+from cluster.resources import actor_options, check_setting, embedding_actors, gpus_per_actor, use_gpu, worker_resources
+from fastslow.config import EmbedJobConfig, FastRunConfig, IndexRunConfig, JobConfig, load_config
 from fastslow.devices import autocast
 from fastslow.errors import FastslowError
 
@@ -21,6 +21,18 @@ def test_auto_asks_for_gpus_only_where_the_cluster_has_them():
     assert use_gpu(True, LAPTOP) and not use_gpu(False, GPU_CLUSTER)  # an explicit setting wins
     assert gpus_per_actor("auto", LAPTOP) == 0 and gpus_per_actor("auto", GPU_CLUSTER) == 1
     assert gpus_per_actor(0.5, LAPTOP) == 0.5
+
+
+def test_the_embedding_pool_has_an_actor_per_gpu_else_per_cpu_unless_a_number_is_given():
+    assert EmbedJobConfig().concurrency == "auto"
+    assert embedding_actors("auto", 0, LAPTOP) == 2  # CPUs only: one single-threaded actor per core
+    assert embedding_actors("auto", 1.0, GPU_CLUSTER) == 4 and embedding_actors("auto", 0.5, GPU_CLUSTER) == 8
+    assert embedding_actors("auto", 0, {}) == 1  # no Ray resources known: one
+    assert embedding_actors(3, 0, LAPTOP) == 3 and embedding_actors(1, 1.0, GPU_CLUSTER) == 1
+    assert load_config(IndexRunConfig, None, ["embed.concurrency=3"]).embed.concurrency == 3
+    for bad in (0, -1, "many", 1.5, True):
+        with pytest.raises(FastslowError, match="embed.concurrency"):
+            EmbedJobConfig(concurrency=bad)
 
 
 def test_stages_land_on_their_node_type_where_the_cluster_has_one():

@@ -105,7 +105,7 @@ class PartitionEmbedder:
         from fastslow.models.fast import FastEncoder
 
         self.device = best_device()
-        self.model = load_model(checkpoint, FastEncoder).eval().to(self.device)
+        self.model = load_model(checkpoint, FastEncoder, visual_only=True).eval().to(self.device)
         self.batch_size = batch_size
 
     def embed(self, pixels: np.ndarray | None) -> np.ndarray:

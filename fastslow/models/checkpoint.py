@@ -143,8 +143,10 @@ def _read_files(uri: str, expected: dict[str, str]) -> dict[str, bytes]:
     return files
 
 
-def load_checkpoint(uri: str, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model saved at `uri` (in eval mode) and return it with its manifest."""
+def load_checkpoint(uri: str, map_location: str | torch.device = "cpu",
+                    visual_only: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model saved at `uri` (in eval mode) and return it with its manifest. `visual_only`: a model
+    type with a separable text side (TEXT_PREFIXES) is built without it (the other types whole)."""
     manifest = read_manifest(uri)
     config_cls, model_cls = MODEL_TYPES[manifest["model_type"]]
     cfg = dataclass_from_dict(config_cls, manifest.get("config"), where=f"{storage.join(uri, CONFIG_FILE)}: config")
@@ -158,9 +160,17 @@ def load_checkpoint(uri: str, map_location: str | torch.device = "cpu") -> tuple
     except (SafetensorError, ValueError) as e:
         raise FastslowError(f"{weights_uri}: not a readable safetensors file ({e})") from e
 
-    model = model_cls(cfg, files=_read_files(uri, manifest["files"])) if manifest.get("files") else model_cls(cfg)
+    text_prefixes = tuple(getattr(model_cls, "TEXT_PREFIXES", ())) if visual_only else ()
+    expected_frozen = [p for p in manifest.get("frozen_pretrained", []) if not p.startswith(text_prefixes)]
+    if text_prefixes:
+        model = model_cls(cfg, text=False)
+        state = {k: v for k, v in state.items() if not k.startswith(text_prefixes)}
+    elif manifest.get("files"):
+        model = model_cls(cfg, files=_read_files(uri, manifest["files"]))
+    else:
+        model = model_cls(cfg)
     prefixes = _frozen_prefixes(model)
-    if sorted(prefixes) != sorted(manifest.get("frozen_pretrained", [])):
+    if sorted(prefixes) != sorted(expected_frozen):
         raise FastslowError(
             f"{uri}: frozen pretrained towers {sorted(prefixes)} differ from the manifest's "
             f"{manifest.get('frozen_pretrained')}"
@@ -186,10 +196,10 @@ def load_checkpoint(uri: str, map_location: str | torch.device = "cpu") -> tuple
     return model.to(map_location).eval(), manifest
 
 
-def load_model(checkpoint: str, expected: type | tuple[type, ...]):
+def load_model(checkpoint: str, expected: type | tuple[type, ...], visual_only: bool = False):
     """A checkpoint's model, refusing any other model type than `expected` (a class, or a tuple of classes named
-    after the first) with a clear error."""
-    model, _ = load_checkpoint(checkpoint)
+    after the first) with a clear error. `visual_only`: see load_checkpoint."""
+    model, _ = load_checkpoint(checkpoint, visual_only=visual_only)
     if not isinstance(model, expected):
         first = expected[0] if isinstance(expected, tuple) else expected
         name = first.__name__.removesuffix("Model").removesuffix("Encoder")

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastslow.errors import FastslowError
 from fastslow.models.config import FastConfig
 from fastslow.models.text import build_text_tower, masked_mean
 from fastslow.models.vision import build_vision_tower
@@ -130,27 +131,32 @@ class FastModel(FastEncoder):
     """
 
     model_type = "fast"
+    # The state-dict prefixes of the text side, which a model built with text=False leaves out.
+    TEXT_PREFIXES = ("text_tower.", "text_pool.", "text_head.")
 
-    def __init__(self, cfg: FastConfig):
+    def __init__(self, cfg: FastConfig, text: bool = True):
+        """`text=False`: the visual side alone, for embedding items (indexing loads no text tower, seconds per
+        worker with a pretrained one); text_features then fails."""
         super().__init__()
         self.config = cfg
         self.vision_tower = build_vision_tower(cfg.vision)
-        self.text_tower = build_text_tower(cfg.text)
+        self.text_tower = build_text_tower(cfg.text) if text else None
         visual_dim = self.vision_tower.out_dim
         if cfg.vision_pooling == "mid_tokens":
             self.token_pool = TokenPool(self.vision_tower.map_dims[0], cfg.token_hidden)
             visual_dim = self.token_pool.out_dim
-        if cfg.text_pooling == "attention":
+        if cfg.text_pooling == "attention" and text:
             self.text_pool = AttentionTextPool(self.text_tower.out_dim)
         self.visual_dropout = nn.Dropout(cfg.visual_dropout)
         self.visual_head = ProjectionHead(visual_dim, cfg.embed_dim, cfg.head_hidden)
-        self.text_head = ProjectionHead(self.text_tower.out_dim, cfg.embed_dim, cfg.head_hidden)
+        if text:
+            self.text_head = ProjectionHead(self.text_tower.out_dim, cfg.embed_dim, cfg.head_hidden)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
 
     def frozen_pretrained_prefixes(self) -> list[str]:
         """State-dict prefixes of frozen towers whose weights reload from their source (not checkpointed)."""
         towers = {"vision_tower.": self.vision_tower, "text_tower.": self.text_tower}
-        return [p for p, t in towers.items() if t.pretrained and not t.trainable]
+        return [p for p, t in towers.items() if t is not None and t.pretrained and not t.trainable]
 
     def visual_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 images (B,H,W,3) -> (B,F), or videos (B,T,H,W,3) -> (B,T,F): what the frozen tower gives.
@@ -186,6 +192,8 @@ class FastModel(FastEncoder):
     def text_features(self, texts: list[str]) -> torch.Tensor:
         """Texts to the text tower's pooled features (B,D), or for attention pooling its token
         states (B,L,D) padded with zero rows to the tower's max_length (so cached batches stack)."""
+        if self.text_tower is None:
+            raise FastslowError("this Fast model was loaded without its text side (visual_only): it embeds items only")
         enc = self.text_tower.tokenize(texts)
         out = self.text_tower(enc["input_ids"], enc["attention_mask"])
         if self.config.text_pooling == "mean":
