@@ -47,8 +47,10 @@ def _run_pipeline(build: IndexBuild, pending: list[int]) -> None:
                         fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "batch_size": cfg.embed.batch_size},
                         compute=ray.data.ActorPoolStrategy(size=actors))
     # Writing is I/O, and with `auto` the actors hold every CPU: a writer asking for one would wait for the pool.
+    # A write takes a fraction of an embedding's time: up to one writer per two embedding actors, added by Ray Data
+    # only when partitions wait to be written (each new one is a process started).
     ds = ds.map_batches(PartitionWriter, batch_size=1, fn_constructor_kwargs={"build_dir": build.build_dir}, num_cpus=0,
-                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors), **cpu_tasks)
+                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, actors // 2)), **cpu_tasks)
     tracker = ChunkTracker(build.build_dir)  # a shard partition is done once all its chunks are written
     try:
         for batch in ds.iter_batches(batch_size=None):
