@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.gpu_timing import sig
+from benchmarks.report import pyplot, write_report
 from fastslow.env import apply_local_safety_env
 from fastslow.log import get_logger
 
@@ -218,11 +219,7 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.2))
     names = ["decode only D", "encode only E", "bound", "end to end"]
     keys = ["decode_per_s", "encode_per_s", "bound_per_s", "end_to_end_per_s"]
@@ -272,16 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     from fastslow.models.checkpoint import read_manifest
 
     result = {"cpus": a.cpus, "partition_size": defaults.partition_size, "batch_size": defaults.batch_size,
-              "actors": embedding_actors(defaults.concurrency, gpus_per_actor(defaults.num_gpus)), "image_size": read_manifest(checkpoint)["config"]["vision"]["image_size"],
+              "actors": embedding_actors(defaults.concurrency, gpus_per_actor(defaults.num_gpus)),
+              "image_size": read_manifest(checkpoint)["config"]["vision"]["image_size"],
               "rows": [measure("image", images, data / "images", checkpoint, work, a.cpus)]}
     if videos:
         result["rows"].append(measure("video", videos, data / "videos", checkpoint, work, a.cpus))
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result))
-    plot(result, out.with_suffix(".png"))
-    print(markdown(result))
+    write_report(a.out, result, markdown, plot)
     return 0
 
 

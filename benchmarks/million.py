@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.gpu_timing import sig
+from benchmarks.report import pyplot, write_report
 from fastslow.env import apply_local_safety_env
 from fastslow.log import get_logger
 
@@ -235,11 +236,7 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     for r in result["rows"]:
         ax.scatter(r["p50_ms_parallel"], r["recall_at_10"], s=30 + 20 * r["shards"], label=f"{r['resolved']}, "
@@ -298,12 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             for factory in a.factories.split(",") for shards in a.shards.split(",")]
     result = {"items": a.items, "real": a.real, "dim": int(real.shape[1]), "cpus": a.cpus, "queries": a.queries,
               "rows": rows}
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result))
-    plot(result, out.with_suffix(".png"))
-    print(markdown(result))
+    write_report(a.out, result, markdown, plot)
     return 0
 
 

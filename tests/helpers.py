@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 
@@ -52,6 +53,18 @@ def fastslow_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProces
     if proc.returncode != 0:
         raise AssertionError(f"fastslow {' '.join(args[:2])} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
+
+
+def quick_benchmark(module: str, tmp_path, timeout: float = 540) -> tuple[dict, Path]:
+    """`python -m benchmarks.MODULE --quick` on 2 CPUs with its data and work under `tmp_path`; (its JSON, the
+    JSON's path: the .md and .png lie beside it). Raises with its stderr when it fails."""
+    out = Path(tmp_path) / f"{module}.json"
+    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--out", str(out), "--quick", "--data",
+                           str(Path(tmp_path) / "data"), "--work", str(Path(tmp_path) / "work"), "--cpus", "2"],
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"benchmarks.{module} --quick failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(out.read_text()), out
 
 
 # In-process tiny models (no CLI): the demo's tiny towers, narrower still for unit tests.

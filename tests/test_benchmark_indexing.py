@@ -1,22 +1,15 @@
 """`python -m benchmarks.indexing --quick` through its real entry point (its own local Ray, the index job):
 every item indexed, the rates consistent with the bound it states."""
 
-import json
-import subprocess
-import sys
-
 import pytest
+
+from helpers import quick_benchmark
 
 
 @pytest.mark.integration  # runs python -m benchmarks.indexing, which starts a local Ray
 @pytest.mark.timeout(600)
 def test_the_quick_run_indexes_every_item_and_reports_its_ratio_to_the_bound(tmp_path):
-    out = tmp_path / "indexing.json"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.indexing", "--out", str(out), "--quick",
-                           "--data", str(tmp_path / "data"), "--work", str(tmp_path / "work"), "--cpus", "2"],
-                          capture_output=True, text=True, timeout=540)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    result, out = quick_benchmark("indexing", tmp_path)
     assert [r["media"] for r in result["rows"]] == ["image", "video"]
     for row in result["rows"]:
         assert row["items"] == {"image": 24, "video": 4}[row["media"]]

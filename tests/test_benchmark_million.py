@@ -1,22 +1,15 @@
 """`python -m benchmarks.million --quick` through its real entry point: versions assembled by the build's own
 path on a local Ray, searched as replicas search, with figures that hold together."""
 
-import json
-import subprocess
-import sys
-
 import pytest
+
+from helpers import quick_benchmark
 
 
 @pytest.mark.integration  # starts a local Ray per build
 @pytest.mark.timeout(600)
 def test_the_quick_run_builds_each_version_and_measures_recall_latency_and_memory(tmp_path):
-    out = tmp_path / "million.json"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.million", "--out", str(out), "--quick",
-                           "--data", str(tmp_path / "data"), "--work", str(tmp_path / "work"), "--cpus", "2"],
-                          capture_output=True, text=True, timeout=540)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    result, out = quick_benchmark("million", tmp_path)
     assert result["items"] == 20_000 and result["dim"] == 256
     rows = {r["factory"]: r for r in result["rows"]}
     assert set(rows) == {"Flat", "HNSW32"} and all(r["shards"] == 2 for r in rows.values())
