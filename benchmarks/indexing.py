@@ -112,33 +112,33 @@ def decode_rate(plan: list[list[dict]], cfg, cpus: int) -> tuple[float, list[np.
     return sum(n for n, _ in done) / seconds, [pixels for _, pixels in done if pixels is not None]
 
 
-def encode_rate(checkpoint: str, pixels: list[np.ndarray], batch_size: int, cpus: int) -> float:
-    """Items/s of the job's embedder over the decoded partitions with `cpus` torch threads, the model loaded."""
+def timed_embedding(checkpoint: str, pixels: list[np.ndarray], batch_size: int, threads: int,
+                    barrier=None) -> tuple[int, float, float]:
+    """The job's embedder over the decoded partitions with `threads` torch threads, loaded and warmed up first
+    (then waiting at `barrier`, if given, for the other processes): (items, start, end) of the timed part."""
     import torch
 
     from fastslow.index.partition import PartitionEmbedder
 
-    torch.set_num_threads(cpus)
+    torch.set_num_threads(threads)
     embedder = PartitionEmbedder(checkpoint, batch_size)
     embedder.embed(pixels[0][:2])  # warm-up
-    started = time.perf_counter()
-    n = sum(len(embedder.embed(p)) for p in pixels)
-    return n / (time.perf_counter() - started)
+    if barrier is not None:
+        barrier.wait()  # every process starts embedding at the same moment, loaded and warm
+    started = time.time()
+    return sum(len(embedder.embed(p)) for p in pixels), started, time.time()
+
+
+def encode_rate(checkpoint: str, pixels: list[np.ndarray], batch_size: int, cpus: int) -> float:
+    """Items/s of the job's embedder over the decoded partitions in this process with `cpus` torch threads."""
+    n, started, ended = timed_embedding(checkpoint, pixels, batch_size, cpus)
+    return n / (ended - started)
 
 
 def _encode_share(args: tuple) -> tuple[int, float, float]:
-    """One process of encode_rate_processes: its partitions embedded with one torch thread; (items, start, end)."""
-    import torch
-
-    from fastslow.index.partition import PartitionEmbedder
-
+    """One process of encode_rate_processes: its share embedded with one torch thread."""
     checkpoint, pixels, batch_size, barrier = args
-    torch.set_num_threads(1)
-    embedder = PartitionEmbedder(checkpoint, batch_size)
-    embedder.embed(pixels[0][:2])  # warm-up
-    barrier.wait()  # every process starts embedding at the same moment, loaded and warm
-    started = time.time()
-    return sum(len(embedder.embed(p)) for p in pixels), started, time.time()
+    return timed_embedding(checkpoint, pixels, batch_size, 1, barrier)
 
 
 def encode_rate_processes(checkpoint: str, pixels: list[np.ndarray], batch_size: int, cpus: int) -> float:

@@ -73,22 +73,19 @@ def real_vectors(work: Path, data: Path, n: int) -> tuple[np.ndarray, list[str]]
     return np.load(cache), paths
 
 
-def noisy(real: np.ndarray, source: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    from benchmarks.serving import NOISE
+def partition_vectors(real: np.ndarray, p: int, size: int, items: int,
+                      seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Partition `p`'s (global rows, the real row each copies, vectors): the real vectors first, then noisy copies
+    of random real ones (deterministic per p)."""
+    from benchmarks.serving import noisy_copies
 
-    out = real[source] + NOISE * rng.standard_normal((len(source), real.shape[1]), dtype=np.float32)
-    return out / np.linalg.norm(out, axis=1, keepdims=True)
-
-
-def partition_vectors(real: np.ndarray, p: int, size: int, items: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Partition `p`'s (global rows, vectors): the real vectors first, then noisy copies (deterministic per p)."""
     rows = np.arange(p * size, min(items, (p + 1) * size))
     rng = np.random.default_rng([seed, p])
     source = np.where(rows < len(real), rows, rng.integers(0, len(real), len(rows)))
-    vectors = noisy(real, source, rng)
+    vectors = noisy_copies(real, source, rng)
     is_real = rows < len(real)
     vectors[is_real] = real[rows[is_real]]
-    return rows, vectors
+    return rows, source, vectors
 
 
 def write_partitions(build_dir: Path, real: np.ndarray, paths: list[str], items: int, size: int,
@@ -100,10 +97,10 @@ def write_partitions(build_dir: Path, real: np.ndarray, paths: list[str], items:
     for p in range(count):
         if is_written(str(build_dir), p):
             continue
-        rows, vectors = partition_vectors(real, p, size, items, seed)
-        src = [int(r) if r < len(real) else int(r) % len(real) for r in rows]  # a real photo as each one's media
+        rows, source, vectors = partition_vectors(real, p, size, items, seed)
+        # Each item's media: the real photo its vector copies.
         batch = [{"id": f"item-{r:07d}", "uri": paths[s], "media": "image", "captions": [], "width": 500,
-                  "height": 375} for r, s in zip(rows, src)]
+                  "height": 375} for r, s in zip(rows, source)]
         write_partition(str(build_dir), p, batch, [], vectors)
     return count
 
@@ -149,6 +146,7 @@ def search_version(args: dict, out: multiprocessing.Queue) -> None:
     """In a fresh process: shard 0 loaded alone (a replica's peak memory), then every shard; latency and recall."""
     import faiss
 
+    from fastslow.search.answer import merge_hits
     from fastslow.search.shard import ShardSearcher
 
     faiss.omp_set_num_threads(1)
@@ -163,12 +161,12 @@ def search_version(args: dict, out: multiprocessing.Queue) -> None:
     per_shard = np.zeros((len(queries), shards))
     found = []
     for i, q in enumerate(queries):
-        hits = []
+        parts = []
         for j, s in enumerate(searchers):
             t0 = time.perf_counter()
-            hits += s.search(q[None], TOP)[0]
+            parts.append(s.search(q[None], TOP)[0])
             per_shard[i, j] = time.perf_counter() - t0
-        best = sorted(hits, key=lambda h: -h["fast_score"])[:TOP]
+        best = merge_hits(parts, TOP, searchers[0].metric)  # as the app merges its shards' answers
         found.append(len({int(h["id"].split("-")[1]) for h in best} & set(exact[i].tolist())) / TOP)
     parallel, serial = per_shard.max(axis=1) * 1e3, per_shard.sum(axis=1) * 1e3
     out.put({"replica_peak_mb": replica_mb, "all_shards_peak_mb": peak_mb(), "recall_at_10": float(np.mean(found)),
@@ -177,11 +175,21 @@ def search_version(args: dict, out: multiprocessing.Queue) -> None:
 
 
 def in_fresh_process(fn, args: dict) -> dict:
+    """`fn(args, queue)` in a spawned process; what it puts on the queue. A child that dies first is an error
+    naming its exit code, not a wait for ever."""
+    import queue as queues
+
     ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=fn, args=(args, queue))
+    out = ctx.Queue()
+    proc = ctx.Process(target=fn, args=(args, out))
     proc.start()
-    result = queue.get()  # before join: a large result must be read for the child to finish
+    while True:  # read before join: a large result must be read for the child to finish
+        try:
+            result = out.get(timeout=5)
+            break
+        except queues.Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f"{fn.__name__} ended with exit code {proc.exitcode} and no result") from None
     proc.join()
     return result
 
@@ -286,8 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     partitions = write_partitions(build_dir, real, paths, a.items, a.partition_size, a.seed)
     log.info("%d items in %d partitions (%.0f s)", a.items, partitions, time.perf_counter() - started)
+    from benchmarks.serving import noisy_copies
+
     rng = np.random.default_rng([a.seed, 1 << 20])  # queries: noisy copies the index does not hold
-    queries = noisy(real, rng.integers(0, len(real), a.queries), rng)
+    queries = noisy_copies(real, rng.integers(0, len(real), a.queries), rng)
     exact = exact_top(build_dir, partitions, queries)
     build = {"build_dir": str(build_dir), "partitions": partitions, "root": str(work / "index"), "cpus": a.cpus,
              "collection_root": str(Path(paths[0]).parent)}

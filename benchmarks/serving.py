@@ -82,6 +82,12 @@ def embed_queries_split(root: Path, fast_ckpt: str, data: Path):
     return build, ids, vectors, metadata, [c for i in ids for c in captions[i]]
 
 
+def noisy_copies(vectors: np.ndarray, source: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Unit vectors near the rows `source` of `vectors`: each plus NOISE Gaussian noise per dimension, normalised."""
+    out = vectors[source] + NOISE * rng.standard_normal((len(source), vectors.shape[1]), dtype=np.float32)
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
 def grow(ids: list[str], vectors: np.ndarray, metadata, items: int, seed: int = 0):
     """`items` rows: the real ones unchanged, then noisy copies of them (ids `item-NNNNNN`, the media of the item
     copied), every vector normalised: (ids, vectors, metadata)."""
@@ -90,9 +96,9 @@ def grow(ids: list[str], vectors: np.ndarray, metadata, items: int, seed: int = 
     n = len(vectors)
     rng = np.random.default_rng(seed)
     source = np.arange(items) % n
-    out = vectors[source] + NOISE * rng.standard_normal((items, vectors.shape[1]), dtype=np.float32)
-    out[: min(n, items)] = vectors[: min(n, items)]  # the real items unchanged
-    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    out = noisy_copies(vectors, source, rng)
+    real = vectors[: min(n, items)]
+    out[: len(real)] = real / np.linalg.norm(real, axis=1, keepdims=True)  # the real items unchanged
     grown = [ids[i] if j < n else f"item-{j:06d}" for j, i in enumerate(source)]
     table = metadata.take(pa.array(source))
     return grown, out, table.set_column(table.schema.get_field_index("id"), "id", pa.array(grown, pa.string()))

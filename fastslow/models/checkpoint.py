@@ -172,8 +172,7 @@ def load_checkpoint(uri: str, map_location: str | torch.device = "cpu",
     prefixes = _frozen_prefixes(model)
     if sorted(prefixes) != sorted(expected_frozen):
         raise FastslowError(
-            f"{uri}: frozen pretrained towers {sorted(prefixes)} differ from the manifest's "
-            f"{manifest.get('frozen_pretrained')}"
+            f"{uri}: frozen pretrained towers {sorted(prefixes)} differ from the manifest's {sorted(expected_frozen)}"
         )
     stored, frozen = _split_state(model)
     for prefix, tensors in frozen.items():
