@@ -18,6 +18,7 @@ from fastslow.errors import FastslowError, StorageUnavailableError
 S3_PREFIX = "s3://"
 MAX_ATTEMPTS_ENV = "FASTSLOW_S3_MAX_ATTEMPTS"
 DEFAULT_MAX_ATTEMPTS = 10
+IMDS_TIMEOUT_S, IMDS_TRIES = 3, 3
 # Error codes that say the store, not the request, failed: worth a retry, and never an item's fault.
 _UNAVAILABLE_CODES = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown",
                       "RequestTimeout", "Throttling", "ThrottlingException", "RequestTimeTooSkewed"}
@@ -63,13 +64,36 @@ def s3_client():
             import boto3
             from botocore.config import Config
 
-            session = boto3.session.Session()  # sessions are not thread-safe: one per client
+            # Sessions are not thread-safe: one per client.
+            session = boto3.session.Session(botocore_session=_botocore_session())
             client = session.client(
                 "s3", endpoint_url=endpoint,
                 config=Config(max_pool_connections=32, connect_timeout=10, read_timeout=60,
                               retries={"mode": "standard", "max_attempts": attempts}))
             _clients[key] = client
     return client
+
+
+def _botocore_session():
+    """A botocore session whose instance-metadata credential lookup gets IMDS_TRIES tries of IMDS_TIMEOUT_S.
+
+    botocore's default is one try of 1 s: on a node whose CPUs are all held by embedding actors the answer can
+    come later than that, and the job then fails with "no AWS credentials found" although the node has a role.
+    AWS_METADATA_SERVICE_TIMEOUT / _NUM_ATTEMPTS (or the config file) still decide where they are set."""
+    import botocore.session
+
+    from botocore.exceptions import BotoCoreError
+
+    core = botocore.session.get_session()
+    try:
+        profile = core.get_scoped_config()
+    except BotoCoreError:  # e.g. an AWS_PROFILE the config lacks: the client's creation says so
+        return core
+    for name, env, value in (("metadata_service_timeout", "AWS_METADATA_SERVICE_TIMEOUT", IMDS_TIMEOUT_S),
+                             ("metadata_service_num_attempts", "AWS_METADATA_SERVICE_NUM_ATTEMPTS", IMDS_TRIES)):
+        if not os.environ.get(env) and name not in profile:
+            core.set_config_variable(name, value)
+    return core
 
 
 def _max_attempts() -> int:

@@ -25,7 +25,8 @@ class FakeIMDS:
     ROLE = "fastslow-node-role"
     ZONE = "us-west-2b"
 
-    def __init__(self):
+    def __init__(self, delay_s: float = 0.0):
+        self.delay_s = delay_s  # how long every answer waits: a node too busy to answer within botocore's 1 s
         self.token = f"imds-token-{uuid.uuid4().hex}"
         self.access_key = f"ASIAFAKEIMDS{uuid.uuid4().hex[:8].upper()}"
         self.requests: list[tuple[str, str, bool]] = []
@@ -38,6 +39,7 @@ class FakeIMDS:
 
         class Handler(BaseHTTPRequestHandler):
             def _answer(self, status: int, body: str = "") -> None:
+                time.sleep(imds.delay_s)
                 data = body.encode()
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(data)))

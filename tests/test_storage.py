@@ -140,6 +140,36 @@ def test_a_dead_proxy_is_named_not_called_an_unreachable_endpoint(monkeypatch):
         storage.read_bytes("s3://b/k.jpg")
 
 
+def test_a_node_slow_to_answer_instance_metadata_still_gets_its_roles_credentials(monkeypatch, tmp_path):
+    """An IMDS that answers after 1.5 s (a node whose CPUs the embedding actors hold): botocore's own default (one
+    try of 1 s) finds no credentials; the storage layer's session finds the role's. An explicit
+    AWS_METADATA_SERVICE_TIMEOUT still decides."""
+    import botocore.session
+    from fake_imds import FakeIMDS
+
+    from fastslow import storage_s3
+
+    imds = FakeIMDS(delay_s=1.5)
+    try:
+        for key in [k for k in os.environ if k.startswith("AWS_")]:
+            monkeypatch.delenv(key)
+        for name in ("config", "credentials"):
+            (tmp_path / name).touch()
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", f"http://127.0.0.1:{imds.server.server_address[1]}/")
+        assert botocore.session.get_session().get_credentials() is None
+        found = storage_s3._botocore_session().get_credentials()
+        assert (found.method, found.access_key) == ("iam-role", imds.access_key)
+        monkeypatch.setenv("AWS_METADATA_SERVICE_TIMEOUT", "1")
+        monkeypatch.setenv("AWS_METADATA_SERVICE_NUM_ATTEMPTS", "2")
+        session = storage_s3._botocore_session()
+        assert [session.get_config_variable(n) for n in ("metadata_service_timeout",
+                                                         "metadata_service_num_attempts")] == [1, 2]
+    finally:
+        imds.close()
+
+
 def test_user_error_is_found_behind_causes_and_ray_wrapping():
     from fastslow.errors import StorageUnavailableError, user_error
 
