@@ -130,21 +130,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fast", help="a Fast checkpoint (default: trained briefly into --work)")
     p.add_argument("--slow", help="a Slow checkpoint (default: trained briefly into --work)")
     p.add_argument("--factory", default="IVF1024,Flat", help="the served index (a Flat one is built beside it)")
-    p.add_argument("--nprobe", type=int, default=32)
+    p.add_argument("--nprobe", type=int, default=32, help="0: the nprobe the build chose and recorded (the auto "
+                                                          "factory's tuning)")
     p.add_argument("--seconds", type=float, default=8.0, help="per load point")
     p.add_argument("--clients", default="1,4,8")
-    p.add_argument("--ks", default="10,20,50")
+    p.add_argument("--ks", default="10,20,50", help="re-ranking depths measured under load ('': Fast only)")
     p.add_argument("--sequential", type=int, default=200, help="requests per side-by-side measurement")
-    p.add_argument("--step", default="1:10,8:45,0:35", help="autoscaling load phases, CLIENTS:SECONDS,...")
+    p.add_argument("--step", default="1:10,8:45,0:35",
+                   help="autoscaling load phases, CLIENTS:SECONDS,... ('': no autoscaling run)")
     return p.parse_args(argv)
 
 
 def models_and_indexes(a: argparse.Namespace) -> dict:
     """The corpus, the two models and the two index versions (the served one published last: CURRENT)."""
-    from fastslow.synth import ensure_synth
+    from benchmarks.table_runner import table_data
+    from benchmarks.table_spec import table_spec
 
     work, data = Path(a.work).resolve(), Path(a.data).resolve()
-    ensure_synth(data, seed=0, size="quick")
+    table_data(table_spec("quick"), "quick", 0, data)  # the table's quick dataset: one for every benchmark
     fast, slow = a.fast, a.slow
     if not (fast and slow):
         trained = train_models(work, data)
@@ -153,8 +156,10 @@ def models_and_indexes(a: argparse.Namespace) -> dict:
     root = work / "index"
     exact_version, queries = build_index(root, fast, data, a.items, "Flat")
     version, _ = build_index(root, fast, data, a.items, a.factory)  # published last: CURRENT
+    # What the build chose for the served version (the auto factory's tuned nprobe; --nprobe 0 serves with it).
+    search = json.loads((root / "versions" / version / "manifest.json").read_text()).get("search")
     return {"root": root, "fast": fast, "slow": slow, "version": version, "exact_version": exact_version,
-            "queries": queries}
+            "queries": queries, "search": search}
 
 
 def in_process_pipelines(run: dict, a: argparse.Namespace) -> tuple[dict, float]:
@@ -166,7 +171,7 @@ def in_process_pipelines(run: dict, a: argparse.Namespace) -> tuple[dict, float]
 
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
-    pipelines = {v: SearchPipeline(str(run["root"]), run["fast"], run["slow"], version=v, nprobe=a.nprobe)
+    pipelines = {v: SearchPipeline(str(run["root"]), run["fast"], run["slow"], version=v, nprobe=a.nprobe or None)
                  for v in (run["version"], run["exact_version"])}
     recall = recall_at_10(pipelines[run["version"]], pipelines[run["exact_version"]], run["queries"][: a.sequential])
     log.info("%s recall@10 against Flat: %s", a.factory, recall)
@@ -229,7 +234,7 @@ def load_points(url: str, queries: list[str], a: argparse.Namespace) -> list[dic
     """Fast only and re-ranking at each K, at each client concurrency."""
     load = []
     modes = [("fast", {"k": 10, "rerank": False})] + [
-        (f"rerank@{k}", {"k": 10, "rerank": True, "rerank_k": k}) for k in map(int, a.ks.split(","))]
+        (f"rerank@{k}", {"k": 10, "rerank": True, "rerank_k": k}) for k in map(int, filter(None, a.ks.split(",")))]
     for mode, body in modes:
         closed_loop(url, queries, body, 2, 3)  # warm the feature cache of the re-ranker
         for clients in map(int, a.clients.split(",")):
@@ -267,12 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     app.deploy(run["version"])
     load = load_points(app.url, run["queries"], a)
     png = str(Path(a.out).with_suffix(".png"))
-    auto = autoscaling_step(app.url, run["queries"], a.step, png)
+    auto = autoscaling_step(app.url, run["queries"], a.step, png) if a.step else None
     serve.shutdown()
     result = {"items": a.items, "shards": SHARDS, "version": run["version"], "factory": a.factory,
-              "nprobe": a.nprobe, "ivf_recall_at_10": recall, "machine": f"{os.cpu_count()} CPUs",
+              "nprobe": a.nprobe or (run["search"] or {}).get("nprobe"),
+              "build_search": run["search"], "ivf_recall_at_10": recall, "machine": f"{os.cpu_count()} CPUs",
               "fast": run["fast"], "slow": run["slow"], "side_by_side": side, "load": load, "autoscaling": auto,
-              "plot": png, "seconds": round(time.time() - started, 1)}
+              "plot": png if auto else None, "seconds": round(time.time() - started, 1)}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2))
     Path(a.out).with_suffix(".md").write_text(markdown(result))

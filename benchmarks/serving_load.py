@@ -210,7 +210,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['mode']} | {r['clients']} | {r['p50_ms']} | {r['p99_ms']} | {r['req_per_s']} | "
                      f"{r['errors']} |")
     auto = result["autoscaling"]
-    lines += ["", f"Autoscaling: re-ranker replicas peaked at {auto['max_replicas']}, ended at "
-              f"{auto['final_replicas']}; {auto['requests']} requests, {auto['degraded']} degraded. "
-              f"Plot: {result['plot']}"]
+    if auto:
+        lines += ["", f"Autoscaling: re-ranker replicas peaked at {auto['max_replicas']}, ended at "
+                  f"{auto['final_replicas']}; {auto['requests']} requests, {auto['degraded']} degraded. "
+                  f"Plot: {result['plot']}"]
     return "\n".join(lines) + "\n"

@@ -36,6 +36,8 @@ from fastslow.log import get_logger
 from fastslow.models.fast import FastModel
 from fastslow.models.slow import SlowModel
 from fastslow.synth import ensure_synth
+from fastslow.synth.generate import SynthConfig
+from fastslow.synth.presets import synth_config
 from fastslow.train.distillation import DistillationLoss, precompute_teacher
 from fastslow.train.fast_training import FastBatches, FastTrainConfig, train_fast
 from fastslow.train.slow_training import make_slow_model, train_slow
@@ -259,6 +261,14 @@ def rerank_rows(run: ModalityRun, method: str, first: Evaluated, slow: SlowStage
     return out
 
 
+def table_data(spec: TableSpec, size: str, seed: int, root: Path, progress: bool = True) -> SynthConfig:
+    """The synthetic benchmark of a size with the table's transfer set, written under `root` unless already there
+    (one dataset for every benchmark that reads it); its settings."""
+    overrides = [f"n_uncaptioned={spec.uncaptioned}"]
+    ensure_synth(root, seed=seed, size=size, progress=progress, overrides=overrides)
+    return synth_config(size, seed, overrides)
+
+
 def run_table(size: str, seed: int, root: Path, modalities: list[str], progress: bool = True,
               models_dir: Path | None = None, retrain: bool = False, split: str = "test",
               overrides: list[str] = ()) -> tuple[list[dict], list[str], dict]:
@@ -266,7 +276,7 @@ def run_table(size: str, seed: int, root: Path, modalities: list[str], progress:
     timings covered. Trained models are kept in (and reused from) `models_dir` unless it is None; `retrain`
     trains them all again; `overrides` change the size's settings (`table_spec`)."""
     spec = table_spec(size, overrides=overrides)
-    ensure_synth(root, seed=seed, size=size, progress=progress, overrides=[f"n_uncaptioned={spec.uncaptioned}"])
+    table_data(spec, size, seed, root, progress)
     rows, timing = [], {}
     for modality in modalities:
         modality_rows, timing[modality] = run_modality(spec, seed, root, modality, split, progress, models_dir,
