@@ -5,7 +5,7 @@
 1. Models: the default Fast and Slow (configs/fast_synth_images.yaml, configs/slow_synth_images.yaml)
    trained for a short schedule on the quick synthetic images, or `--fast/--slow` checkpoints. Latency
    does not depend on how well they are trained.
-2. Index: `--items` (100,000) vectors in 2 shards, as two versions: `--factory` (IVF1024,Flat, searched
+2. Index: `--items` (100,000) vectors in `--shards` (2) shards, as two versions: `--factory` (IVF1024,Flat, searched
    with `--nprobe` 32; the one served) and an exact Flat one. The test split's items are embedded by
    Fast through the core's index build (`fastslow.index.build`: its partitions kept under the index
    root, so a rerun reuses them); the rest are copies of them with noise added to the vector (ids
@@ -41,7 +41,6 @@ from fastslow.log import get_logger
 
 log = get_logger("fastslow.benchmarks.serving")
 
-SHARDS = 2
 QUERY_SPLIT = "test"
 NOISE = 0.05  # std of the noise added to each copied vector, before it is normalised again
 
@@ -104,18 +103,19 @@ def grow(ids: list[str], vectors: np.ndarray, metadata, items: int, seed: int = 
     return grown, out, table.set_column(table.schema.get_field_index("id"), "id", pa.array(grown, pa.string()))
 
 
-def build_index(root: Path, fast_ckpt: str, data: Path, items: int, factory: str,
+def build_index(root: Path, fast_ckpt: str, data: Path, items: int, factory: str, shards: int,
                 seed: int = 0) -> tuple[str, list[str]]:
-    """A published version of `items` vectors in SHARDS shards of `factory`; (version, the test captions)."""
+    """A published version of `items` vectors in `shards` shards of `factory`; (version, the test captions)."""
     from fastslow.index.build import make_current, store_version
     from fastslow.index.shards import IndexSpec
 
     build, ids, vectors, metadata, texts = embed_queries_split(root, fast_ckpt, data)
-    version = f"bench-{items}-{factory.replace(',', '_')}-{build.model['weights_sha256'][:8]}"  # one per model
+    # One per model, size, factory and shard count: a rerun reuses it.
+    version = f"bench-{items}-{factory.replace(',', '_')}-s{shards}-{build.model['weights_sha256'][:8]}"
     if not (root / "versions" / version / "manifest.json").exists():
         grown, grown_vectors, grown_metadata = grow(ids, vectors, metadata, items, seed)
         store_version(str(root), version, grown, grown_vectors, grown_metadata,
-                      IndexSpec(factory=factory, shards=SHARDS), build.identity())
+                      IndexSpec(factory=factory, shards=shards), build.identity())
     make_current(str(root), version)
     return version, texts
 
@@ -125,6 +125,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="result JSON (the .md and .png go beside it)")
     p.add_argument("--items", type=int, default=100_000)
+    p.add_argument("--shards", type=int, default=2, help="shards of both versions (default %(default)s)")
     p.add_argument("--data", default="data/bench-quick-seed0", help="the quick synthetic benchmark (made if missing)")
     p.add_argument("--work", default="out/serving-work", help="models and index, reused by a rerun")
     p.add_argument("--fast", help="a Fast checkpoint (default: trained briefly into --work)")
@@ -154,8 +155,8 @@ def models_and_indexes(a: argparse.Namespace) -> dict:
         fast, slow = fast or trained[0], slow or trained[1]
     fast, slow = os.path.abspath(fast), os.path.abspath(slow)
     root = work / "index"
-    exact_version, queries = build_index(root, fast, data, a.items, "Flat")
-    version, _ = build_index(root, fast, data, a.items, a.factory)  # published last: CURRENT
+    exact_version, queries = build_index(root, fast, data, a.items, "Flat", a.shards)
+    version, _ = build_index(root, fast, data, a.items, a.factory, a.shards)  # published last: CURRENT
     # What the build chose for the served version (the auto factory's tuned nprobe; --nprobe 0 serves with it).
     search = json.loads((root / "versions" / version / "manifest.json").read_text()).get("search")
     return {"root": root, "fast": fast, "slow": slow, "version": version, "exact_version": exact_version,
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     png = str(Path(a.out).with_suffix(".png"))
     auto = autoscaling_step(app.url, run["queries"], a.step, png) if a.step else None
     serve.shutdown()
-    result = {"items": a.items, "shards": SHARDS, "version": run["version"], "factory": a.factory,
+    result = {"items": a.items, "shards": a.shards, "version": run["version"], "factory": a.factory,
               "nprobe": a.nprobe or (run["search"] or {}).get("nprobe"),
               "build_search": run["search"], "ivf_recall_at_10": recall, "machine": f"{os.cpu_count()} CPUs",
               "fast": run["fast"], "slow": run["slow"], "side_by_side": side, "load": load, "autoscaling": auto,

@@ -69,6 +69,7 @@ def test_generated_scenes_stay_in_their_group_with_its_spread():
     assert len({tuple(v) for v in np.round(made, 6)}) == 3000  # new scenes, not copies
 
 
+@pytest.mark.integration  # the benchmark as its own process
 @pytest.mark.timeout(600)
 def test_the_quick_run_measures_every_method_at_every_size(tmp_path):
     result, out = quick_benchmark("scaling", tmp_path)
