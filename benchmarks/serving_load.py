@@ -202,8 +202,10 @@ def markdown(result: dict) -> str:
             lines.append(f"| {name} | {r['in_process']['p50_ms']} / {r['in_process']['p99_ms']} | {path} | "
                          f"{h['p50_ms']} / {h['p99_ms']} | {r['in_process_again']['p50_ms']} | {overhead} | "
                          f"{h['ingress_p50_ms']['encode']}, {h['ingress_p50_ms']['retrieve']} |")
-    lines += ["", f"IVF recall@10 against the exact (Flat) index: {result['ivf_recall_at_10']} (nprobe "
-              f"{result['nprobe']}). Query encoder as its own deployment (one hop more), {result['factory']}: "
+    built = result.get("build_search") or {}
+    setting = f"nprobe {result['nprobe']}" if result["nprobe"] else ", ".join(
+        f"{k} {built[k]} (recorded at build)" for k in ("nprobe", "ef_search") if k in built) or "as built"
+    lines += ["", f"Recall@10 against the exact (Flat) index: {result['ivf_recall_at_10']} ({setting}). Query encoder as its own deployment (one hop more), {result['factory']}: "
               f"p50 {side['encoder_deployment']['p50_ms']} ms.", "", f"Load on the {result['factory']} index:", "",
               "| mode | clients | p50 ms | p99 ms | req/s | errors |", "|---|---|---|---|---|---|"]
     for r in result["load"]:
