@@ -105,6 +105,7 @@ def measure(a: argparse.Namespace) -> dict:
 
     from benchmarks.scaling_gallery import build_gallery, fast_ranks_and_top
     from benchmarks.table_timing import spread
+    from fastslow.errors import FastslowError
     from fastslow.eval import metrics_from_ranks, ranks_of_true
     from fastslow.inference.slow_scores import slow_score_matrix
     from fastslow.log import get_logger
@@ -119,7 +120,7 @@ def measure(a: argparse.Namespace) -> dict:
     first = np.searchsorted(true_index, np.arange(len(val)))  # each item's first caption: Slow's queries
     sizes = [n for n in a.sizes if n >= len(val)]
     if not sizes:
-        raise SystemExit(f"scaling: every --sizes value is below the {len(val)} validation items")
+        raise FastslowError(f"--sizes: every size is below the {len(val)} validation items the gallery starts with")
     t0 = time.perf_counter()
     g = build_gallery(fast, slow, val.pixels, synth, sizes[-1], a.rendered, a.seed, not a.no_progress)
     log.info("gallery of %d (%d rendered, %d generated) in %.0f s", len(g.vectors), g.rendered, g.generated,
@@ -134,6 +135,12 @@ def measure(a: argparse.Namespace) -> dict:
     def fast_search(text: str, k: int):
         with torch.inference_mode():
             return index.search(fast.encode_text([text]).float().numpy(), k)
+
+    def slow_ms(n: int) -> float:
+        """Slow over the first n items for one query at a time (a fifth of the timed queries)."""
+        everything = torch.arange(n)[None]
+        return median_ms(lambda t: slow_score_matrix(slow, g.features, [t], everything),
+                         timed[: max(1, a.latency_queries // 5)])
 
     def fast_then_slow(text: str):
         scores, found = fast_search(text, a.k)
@@ -159,11 +166,10 @@ def measure(a: argparse.Namespace) -> dict:
             fast_row["r1_same_queries"] = metrics_from_ranks(fast_ranks[first])["r1"]
             both_row["r1_same_queries"] = metrics_from_ranks(both_ranks[first])["r1"]
         if n <= timed_max:
-            everything = torch.arange(n)[None]
-            slow_timed = (n, median_ms(lambda t: slow_score_matrix(slow, g.features, [t], everything),
-                                       timed[: max(1, a.latency_queries // 5)]))
+            slow_timed = (n, slow_ms(n))
             slow_row["latency_ms"] = slow_timed[1]
-        else:  # Slow's cost grows with N: its measured cost per item times N
+        else:  # Slow's cost grows with N: its measured cost per item (at the largest N it was timed at) times N
+            slow_timed = slow_timed or (timed_max, slow_ms(timed_max))
             slow_row["latency_ms"] = slow_timed[1] * n / slow_timed[0]
         for r in (fast_row, both_row, slow_row):
             r["latency_ms"] = round(r["latency_ms"], 3)

@@ -1,6 +1,9 @@
 """benchmarks.scaling: the chunked ranking against the whole-matrix one, distractors that cannot match, and the
 quick run through its real entry point with figures that hold together."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -91,3 +94,9 @@ def test_the_quick_run_measures_every_method_at_every_size(tmp_path):
     md = out.with_suffix(".md").read_text()
     assert "| 1,000 |" in md and "(e)" in md
     assert out.with_suffix(".png").stat().st_size > 1000
+    # Sizes the gallery cannot have: one line naming the option, exit 2, no traceback (the models are kept).
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.scaling", "--quick", "--out", str(tmp_path / "bad.json"),
+                          "--data", str(tmp_path / "data"), "--work", str(tmp_path / "work"), "--sizes", "5"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--sizes: every size is below the 10 validation items" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "bad.json").exists()
