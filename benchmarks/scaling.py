@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -88,23 +87,12 @@ def load_models(a: argparse.Namespace):
     return fast.eval(), slow.eval(), run.evaluation, synth
 
 
-def median_ms(answer, texts: list[str]) -> float:
-    """Median ms of one query answered alone (after one untimed warm-up)."""
-    answer(texts[0])
-    times = []
-    for text in texts:
-        t0 = time.perf_counter()
-        answer(text)
-        times.append(time.perf_counter() - t0)
-    return 1000.0 * statistics.median(times)
-
-
 def measure(a: argparse.Namespace) -> dict:
     import faiss
     import torch
 
     from benchmarks.scaling_gallery import build_gallery, fast_ranks_and_top
-    from benchmarks.table_timing import spread
+    from benchmarks.table_timing import latency_ms, spread
     from fastslow.errors import FastslowError
     from fastslow.eval import metrics_from_ranks, ranks_of_true
     from fastslow.inference.slow_scores import slow_score_matrix
@@ -132,19 +120,20 @@ def measure(a: argparse.Namespace) -> dict:
     ranked_max, timed_max = min(a.slow_ranked_max, len(g.features)), min(a.slow_timed_max, len(g.features))
     index, rows, slow_timed = faiss.IndexFlatIP(g.vectors.shape[1]), [], None
 
-    def fast_search(text: str, k: int):
+    # How a query is answered, for `latency_ms` (which hands each a list of one text).
+    def fast_search(texts: list[str], k: int = 10):
         with torch.inference_mode():
-            return index.search(fast.encode_text([text]).float().numpy(), k)
+            return index.search(fast.encode_text(texts).float().numpy(), k)
 
     def slow_ms(n: int) -> float:
         """Slow over the first n items for one query at a time (a fifth of the timed queries)."""
         everything = torch.arange(n)[None]
-        return median_ms(lambda t: slow_score_matrix(slow, g.features, [t], everything),
-                         timed[: max(1, a.latency_queries // 5)])
+        return latency_ms(lambda one: slow_score_matrix(slow, g.features, one, everything),
+                          timed[: max(1, a.latency_queries // 5)])
 
-    def fast_then_slow(text: str):
-        scores, found = fast_search(text, a.k)
-        return rerank(found, scores, slow_score_matrix(slow, g.features, [text],
+    def fast_then_slow(texts: list[str]):
+        scores, found = fast_search(texts, a.k)
+        return rerank(found, scores, slow_score_matrix(slow, g.features, texts,
                                                        torch.from_numpy(g.feature_row[found])), 10)
 
     for n in sizes:
@@ -154,9 +143,9 @@ def measure(a: argparse.Namespace) -> dict:
         both_ranks = reranked_ranks(fast_ranks, true_index, top, slow_top)
         point = {"n": n, "generated": max(0, n - len(val) - g.rendered)}
         fast_row = {**point, "method": "fast", "r1": metrics_from_ranks(fast_ranks)["r1"],
-                    "latency_ms": median_ms(lambda t: fast_search(t, 10), timed)}
+                    "latency_ms": latency_ms(fast_search, timed)}
         both_row = {**point, "method": "fast+slow", "k": a.k, "r1": metrics_from_ranks(both_ranks)["r1"],
-                    "latency_ms": median_ms(fast_then_slow, timed)}
+                    "latency_ms": latency_ms(fast_then_slow, timed)}
         slow_row = {**point, "method": "slow", "r1": None, "extrapolated": n > timed_max}
         if n <= ranked_max:
             every = torch.arange(n).expand(len(first), n)

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fastslow.data.decode import decode_image, decode_fit
-from fastslow.inference.fast_embeddings import visual_features
+from fastslow.inference.fast_embeddings import embed_items
 from fastslow.inference.slow_scores import slow_features
 from fastslow.synth import scenes
 from fastslow.synth.generate import SynthConfig
@@ -69,12 +69,10 @@ def rendered_pixels(drawn: list[scenes.Scene], synth: SynthConfig, size: int, fi
     return out
 
 
-@torch.no_grad()
 def fast_vectors(model, pixels: np.ndarray, progress: bool = False) -> torch.Tensor:
     """Fast's unit embeddings of the items, float64 (as `fast_topk` scores them)."""
     model.eval()
-    feats = visual_features(model, pixels, BATCH, progress, desc="Fast embeddings")
-    return torch.cat([model.embed_visual_features(f) for f in feats.split(BATCH)]).double()
+    return embed_items(model, pixels, BATCH, progress).double()
 
 
 def build_gallery(fast, slow, val_pixels: np.ndarray, synth: SynthConfig, largest: int, rendered: int, seed: int,

@@ -45,12 +45,18 @@ class FastRetrieval:
 
 
 @torch.no_grad()
+def embed_items(model, pixels: np.ndarray, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+    """Fast's embeddings of the items (images or videos), in order."""
+    feats = visual_features(model, pixels, batch_size, progress, desc="embedding gallery")
+    return torch.cat([model.embed_visual_features(f) for f in feats.split(batch_size)])
+
+
+@torch.no_grad()
 def embed_split(model, split: LoadedSplit, batch_size: int = 64, progress: bool = False) -> FastRetrieval:
     """Embed a split's gallery (offline) and its captions (timed: a query pays this)."""
     model.eval()
     texts, true_index = split.caption_pairs()
-    feats = visual_features(model, split.pixels, batch_size, progress, desc="embedding gallery")
-    gallery = torch.cat([model.embed_visual_features(f) for f in feats.split(batch_size)])
+    gallery = embed_items(model, split.pixels, batch_size, progress)
     t0 = time.perf_counter()
     queries = torch.cat([model.encode_text(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)])
     encode_ms = 1000.0 * (time.perf_counter() - t0) / len(texts)
