@@ -110,10 +110,11 @@ def _reach(endpoint: dict) -> str:
 
 
 def _cmd_search(args) -> dict | None:
-    from serve_app.client import format_answer, search
+    from serve_app.client import format_answer, read_filter, read_image, search
 
     answer = search(args.url, args.query, k=args.k, rerank=not args.no_rerank, rerank_k=args.rerank_k,
-                    timeout=args.timeout, api_key=args.api_key)
+                    timeout=args.timeout, api_key=args.api_key, image=read_image(args.image), like=args.like,
+                    image_weight=args.image_weight, filter_spec=read_filter(args.filter))
     if args.json:
         return answer
     print(format_answer(answer))

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from fastslow.data.decode import DecodeConfig
-from fastslow.search.request import SearchRequest
+from fastslow.search.request import IMAGE_WEIGHT, SearchRequest
 from fastslow.synth.presets import synth_sizes
 from serve_app.config import DEFAULT_PORT
 
@@ -112,8 +112,18 @@ def _search_parser(sub, common: argparse.ArgumentParser) -> None:
     """The `search` command's parser."""
     p = sub.add_parser("search", parents=[common], help="query a running search endpoint from the terminal",
                        description="POST the query to URL/search and print the results with both scores and the "
-                                   "answer's per-stage timings.")
-    p.add_argument("query", help="the text to search for")
+                                   "answer's per-stage timings. Words, an image (--image) or an indexed item "
+                                   "(--like), or words with either; --filter keeps the items passing it.")
+    p.add_argument("query", nargs="?", default="", help="the text to search for (optional with --image or --like)")
+    p.add_argument("--image", metavar="FILE", help="search with this image (sent base64; the app's "
+                                                   "limits.max_image_bytes applies)")
+    p.add_argument("--like", metavar="ID", help="search with the vector of this indexed item")
+    p.add_argument("--image-weight", type=float, default=IMAGE_WEIGHT,
+                   help=f"with words and --image/--like: the image's weight w in (1 - w) * words + w * image "
+                        f"(default {IMAGE_WEIGHT})")
+    p.add_argument("--filter", metavar="JSON",
+                   help='conditions on the items\' fields, e.g. \'{"width": {"gte": 512}}\', or a file holding them '
+                        "(GET URL/filters lists the fields)")
     url = f"http://127.0.0.1:{DEFAULT_PORT}"
     p.add_argument("--url", default=url, help=f"the app's base URL (default {url})")
     p.add_argument("-k", "--k", type=int, default=SearchRequest.k, help=f"results to return (default {SearchRequest.k})")

@@ -4,15 +4,28 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fastslow.search.request import SearchRequest
+from fastslow.search.request import IMAGE_WEIGHT, SearchRequest
 
 
 class SearchBody(BaseModel):
-    """A search. Limits (query length, k, rerank_k) are the app's `limits`; /healthz lists them."""
+    """A search: words (`query`), an image (`image`) or an indexed item (`like`), or words with either. Limits
+    (query length, k, rerank_k, image bytes) are the app's `limits`; /healthz lists them."""
 
     model_config = ConfigDict(extra="forbid")
 
-    query: str = Field(description="what to look for, in words")
+    query: str = Field("", description="what to look for, in words (re-ranked by Slow where given)")
+    image: str | None = Field(None, description="an image to search with: its file's bytes (JPEG, PNG, WebP, ...) "
+                                                "in base64; at most limits.max_image_bytes (413 beyond)")
+    like: str | None = Field(None, description="the id of an indexed item: search with its vector "
+                                               "(404 if the live version lacks it)")
+    image_weight: float = Field(IMAGE_WEIGHT, ge=0.0, le=1.0,
+                                description="with words and an image (or like): the query vector is the unit "
+                                            "vector along (1 - w) * words + w * image, so each item's Fast score "
+                                            "orders as (1 - w) * its words' score + w * its image's")
+    filter: dict[str, dict] | None = Field(
+        None, description="conditions on the items' fields, all of which must hold, e.g. {\"media\": {\"eq\": "
+                          "\"image\"}, \"width\": {\"gte\": 512}, \"id\": {\"prefix\": \"2024/\"}}; "
+                          "GET /filters lists the live index's fields and operators")
     k: int = Field(SearchRequest.k, description="results to answer with")
     rerank: bool = Field(SearchRequest.rerank, description="re-rank Fast's top rerank_k with Slow")
     rerank_k: int = Field(SearchRequest.rerank_k, description="how many of Fast's best Slow re-scores")
@@ -39,8 +52,10 @@ class ShardsAnswered(BaseModel):
 
 class SearchAnswer(BaseModel):
     query: str
+    query_by: str = Field(description="what the query was made of: text, image, like, text+image or text+like")
+    like: str | None
     results: list[Hit]
-    reranked: bool
+    reranked: bool = Field(description="Slow re-ranked the head (asked for, and the query has words)")
     degraded: bool = Field(description="re-ranking was asked for but the answer is in Fast order")
     degraded_reason: str | None
     partial: bool = Field(description="some index shards did not answer")
@@ -51,3 +66,17 @@ class SearchAnswer(BaseModel):
 
 class ErrorAnswer(BaseModel):
     detail: str
+
+
+class FilterField(BaseModel):
+    kind: str = Field(description="number, media or id")
+    operators: list[str]
+    values: list[str] | None = Field(None, description="media: the types the index holds")
+    items: int | None = Field(None, description="numbers: how many items have the field")
+    min: float | None = None
+    max: float | None = None
+
+
+class FiltersAnswer(BaseModel):
+    index_version: str | None
+    fields: dict[str, FilterField]

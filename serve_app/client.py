@@ -2,19 +2,53 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import urllib.error
 import urllib.request
 
 from fastslow.errors import FastslowError
-from fastslow.search.request import SearchRequest
+from fastslow.search.request import IMAGE_WEIGHT, SearchRequest
 
 
-def search(url: str, query: str, k: int = SearchRequest.k, rerank: bool = SearchRequest.rerank,
-           rerank_k: int = SearchRequest.rerank_k, timeout: float = 30.0,
-           api_key: str | None = None) -> dict:
-    """POST URL/search; the answer, or a FastslowError with the server's own reason."""
-    body = json.dumps({"query": query, "k": k, "rerank": rerank, "rerank_k": rerank_k}).encode()
+def read_image(path: str | None) -> bytes | None:
+    """The bytes of the image file `path` (None for None), or a FastslowError naming it."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise FastslowError(f"--image {path}: cannot be read ({e.strerror or e})") from None
+
+
+def read_filter(text: str | None) -> dict | None:
+    """A filter given as JSON text (None for None), or a FastslowError saying what is wrong with it."""
+    if text is None:
+        return None
+    if os.path.isfile(text):
+        with open(text, encoding="utf-8") as f:
+            text = f.read()
+    try:
+        spec = json.loads(text)
+    except ValueError as e:
+        raise FastslowError(f"--filter: not JSON ({e})") from None
+    if not isinstance(spec, dict):
+        raise FastslowError('--filter: must be a JSON object, e.g. {"width": {"gte": 512}}')
+    return spec
+
+
+def search(url: str, query: str = "", k: int = SearchRequest.k, rerank: bool = SearchRequest.rerank,
+           rerank_k: int = SearchRequest.rerank_k, timeout: float = 30.0, api_key: str | None = None,
+           image: bytes | None = None, like: str | None = None, image_weight: float = IMAGE_WEIGHT,
+           filter_spec: dict | None = None) -> dict:
+    """POST URL/search: words, an image file's bytes or an indexed item's id (`like`), or words with either, over
+    the items passing `filter_spec`; the answer, or a FastslowError with the server's own reason."""
+    fields = {"query": query, "k": k, "rerank": rerank, "rerank_k": rerank_k, "image_weight": image_weight,
+              "image": None if image is None else base64.b64encode(image).decode("ascii"), "like": like,
+              "filter": filter_spec}
+    body = json.dumps({name: v for name, v in fields.items() if v is not None}).encode()
     headers = {"Content-Type": "application/json", **({"X-API-Key": api_key} if api_key else {})}
     request = urllib.request.Request(url.rstrip("/") + "/search", data=body, headers=headers, method="POST")
     try:
@@ -40,6 +74,8 @@ def format_answer(answer: dict) -> str:
         lines.append(f"{hit['rank']:>3}  {hit['fast_score']:>7.3f}  {slow:>8}  {str(hit['id'])[:16]:<16} "
                      f"{hit.get('caption') or hit.get('location', '')}")
     order = "re-ranked by Slow" if answer.get("reranked") else "Fast order"
+    if answer.get("query_by") not in (None, "text"):
+        order = f"query by {answer['query_by']}" + (f" {answer['like']!r}" if answer.get("like") else "") + "; " + order
     if answer.get("degraded"):
         order += f" (degraded: {answer.get('degraded_reason')})"
     if answer.get("partial"):

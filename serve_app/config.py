@@ -24,6 +24,7 @@ class Limits:
     max_query_chars: int = 512
     max_k: int = 100
     max_rerank_k: int = 100
+    max_image_bytes: int = 4 * 1024 * 1024  # an image given as the query (its file's bytes); 0 = no image queries
 
 
 @dataclass
@@ -47,7 +48,7 @@ class ServeAppConfig:
     # The API key is read from this environment variable of the replicas (never put the key in `args`: `serve
     # status` shows them); unset or empty = no key (the local demo). Set it on every cluster.
     api_key_env: str = "FASTSLOW_API_KEY"
-    max_body_bytes: int = 16 * 1024  # larger request bodies get a 413
+    max_body_bytes: int = 16 * 1024  # larger request bodies get a 413 (beyond the room for an image's base64)
 
     def __post_init__(self) -> None:
         if not self.index_root:
@@ -62,11 +63,19 @@ class ServeAppConfig:
             raise FastslowError(f"serve: cache_mb must be 0 (no cache) or more, got {self.cache_mb}")
         if self.shards < 0:
             raise FastslowError(f"serve: shards must be 0 (all) or more, got {self.shards}")
+        if self.limits.max_image_bytes < 0:
+            raise FastslowError(f"serve: limits.max_image_bytes must be 0 (no image queries) or more, got "
+                                f"{self.limits.max_image_bytes}")
         if self.max_body_bytes < 1024:
             raise FastslowError(f"serve: max_body_bytes must be at least 1024, got {self.max_body_bytes}")
         for name in ("rerank_timeout_s", "retrieve_timeout_s"):
             if getattr(self, name) <= 0:
                 raise FastslowError(f"serve: {name} must be positive, got {getattr(self, name)}")
+
+
+def body_limit(cfg: ServeAppConfig) -> int:
+    """The largest request body: max_body_bytes, plus the base64 of an image of limits.max_image_bytes."""
+    return cfg.max_body_bytes + 4 * -(-cfg.limits.max_image_bytes // 3)
 
 
 def app_config(args: dict | None) -> ServeAppConfig:

@@ -17,6 +17,7 @@ from fastslow.log import get_logger
 from fastslow.search.encoder import QueryEncoder
 from fastslow.search.reranker import Reranker
 from fastslow.search.shard import ShardSearcher
+from serve_app import metrics
 from serve_app.config import ServeAppConfig
 
 log = get_logger("fastslow.serve")
@@ -35,6 +36,10 @@ class QueryEncoderDeployment:
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def encode(self, texts: list[str]) -> list[np.ndarray]:
         return list(self.encoder.encode(texts))
+
+    async def encode_image(self, pixels: np.ndarray) -> np.ndarray:
+        """A decoded image (as the ingress decodes an upload) to its unit vector."""
+        return await asyncio.to_thread(lambda: self.encoder.encode_images(pixels[None])[0])
 
 
 @serve.deployment(max_ongoing_requests=32, max_queued_requests=256, ray_actor_options={"num_cpus": 0.25})
@@ -66,11 +71,14 @@ class ShardRetriever:
                     await asyncio.to_thread(self._load_sync, version)
         return int(self.versions[version].index.ntotal)
 
-    async def search(self, vector: np.ndarray, k: int, version: str) -> list[dict]:
-        """The query's best k hits of this shard in `version`."""
+    async def search(self, vector: np.ndarray, k: int, version: str, filter_spec: dict | None = None) -> list[dict]:
+        """The query's best k hits of this shard in `version`, of the items passing `filter_spec` (checked)."""
         if version not in self.versions:
             await self.load(version)
-        return await self._search((np.asarray(vector, dtype=np.float32).reshape(-1), k, version))
+        vector = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        if filter_spec:  # alone, off the event loop: its mask and any exact scan take longer than a plain search
+            return await asyncio.to_thread(lambda: self.versions[version].search(vector, k, filter_spec)[0])
+        return await self._search((vector[0], k, version))
 
     # No waiting for a batch to fill: a lone query goes at once, and queries that arrive while one is
     # searched go together next.
@@ -95,6 +103,18 @@ class ShardRetriever:
             await self.load(version)
         return self.versions[version].lookup(item_id)
 
+    async def vector(self, item_id: str, version: str) -> np.ndarray | None:
+        """The vector of `item_id` if this shard holds it in `version`, else None."""
+        if version not in self.versions:
+            await self.load(version)
+        return self.versions[version].vector(item_id)
+
+    async def fields(self, version: str) -> dict[str, dict]:
+        """The fields a filter may name in this shard of `version` (ItemFields.describe)."""
+        if version not in self.versions:
+            await self.load(version)
+        return await asyncio.to_thread(self.versions[version].fields.describe)
+
     async def ready(self, version: str) -> bool:
         return version in self.versions
 
@@ -109,6 +129,7 @@ class SlowReranker:
         self.reranker = Reranker(cfg.slow_checkpoint, num_frames, cfg.cache_mb, threads=cfg.torch_threads)
         self.fault: str | None = None
         self.stall_s = 2 * cfg.rerank_timeout_s
+        self.waiting = 0  # requests in this replica, waiting for a batch or being scored (a metric)
 
     def reconfigure(self, user_config: dict) -> None:
         fault = (user_config or {}).get("fault")
@@ -124,11 +145,17 @@ class SlowReranker:
         return await asyncio.to_thread(self.reranker.score, queries, candidates)
 
     async def score(self, query: str, candidates: list[dict]) -> list[float | None]:
-        if self.fault == "error":
-            raise RuntimeError("fault injected: re-ranker error")
-        if self.fault == "slow":
-            await asyncio.sleep(self.stall_s)
-        return await self._score((query, candidates))
+        self.waiting += 1
+        metrics.METRICS.queue(self.waiting)
+        try:
+            if self.fault == "error":
+                raise RuntimeError("fault injected: re-ranker error")
+            if self.fault == "slow":
+                await asyncio.sleep(self.stall_s)
+            return await self._score((query, candidates))
+        finally:
+            self.waiting -= 1
+            metrics.METRICS.queue(self.waiting)
 
     async def ready(self) -> bool:
         return self.fault is None

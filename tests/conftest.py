@@ -66,9 +66,11 @@ from helpers import job_submitter, start_ray_head, stop_ray_node  # noqa: E402 -
 
 
 class RayHead(str):
-    """The dashboard URL of a test cluster (for `ray job submit --address`), with `.gcs`: its address for ray.init."""
+    """The dashboard URL of a test cluster (for `ray job submit --address`), with `.gcs`: its address for ray.init,
+    and `.temp_dir`: its --temp-dir (session_latest/ holds its logs and its Prometheus targets)."""
 
     gcs: str
+    temp_dir: str
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +88,7 @@ def ray_head():
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     leader, dashboard, gcs = start_ray_head(temp_dir, object_store_bytes=400_000_000)
     head = RayHead(dashboard)
-    head.gcs = gcs
+    head.gcs, head.temp_dir = gcs, temp_dir
     try:
         yield head
     finally:
@@ -155,16 +157,18 @@ def tiny_slow_checkpoint(tiny_corpus, tmp_path_factory) -> str:
 def serve_stack(ray_head, tiny_corpus, tiny_fast_checkpoint, tiny_slow_checkpoint, tmp_path_factory):
     """What the Serve tests deploy: the tiny checkpoints and two index versions of a copy of the tiny images (one id
     with a '/', one symlink out of the collection) built by `ray job submit` of the index job:
-    {'fast', 'slow', 'root', 'v1' (all 70 items), 'v2' (test 20), 'images', 'slash_id', 'symlink_id'}."""
+    {'fast', 'slow', 'root', 'v1' (all 70 items), 'v2' (test 20), 'images', 'slash_id', 'symlink_id', 'wide_ids' (5
+    test images twice as wide as the others)}."""
     import shutil
 
     from helpers import job_id, job_summary, wait_for
-    from serve_helpers import odd_media
+    from serve_helpers import odd_media, widen
 
     out = tmp_path_factory.mktemp("serve")
     images = out / "images"
     shutil.copytree(os.path.join(tiny_corpus, "images"), images)
     slash_id, symlink_id = odd_media(images, out / "outside")
+    wide_ids = widen(images, 5)
     root, versions = str(out / "index"), []
     submit, stop_all = job_submitter(ray_head)
     try:
@@ -178,7 +182,8 @@ def serve_stack(ray_head, tiny_corpus, tiny_fast_checkpoint, tiny_slow_checkpoin
     finally:
         stop_all()
     return {"fast": tiny_fast_checkpoint, "slow": tiny_slow_checkpoint, "root": root, "v1": versions[0],
-            "v2": versions[1], "images": str(images), "slash_id": slash_id, "symlink_id": symlink_id}
+            "v2": versions[1], "images": str(images), "slash_id": slash_id, "symlink_id": symlink_id,
+            "wide_ids": wide_ids}
 
 
 def pytest_runtest_teardown(item, nextitem):
@@ -240,7 +245,9 @@ def _guarded_config(serve_stack) -> dict:
     ingress = {"user_config": {"index_version": serve_stack["v1"]}, "max_ongoing_requests": 4,
                "max_queued_requests": 4, "backpressure_config": {"retry_after_s": 1}}
     config = serve_config(serve_stack, deployments={"Ingress": ingress}, env={"FASTSLOW_API_KEY": KEY})
-    assert KEY not in json.dumps(config["applications"][0]["args"])
+    args = config["applications"][0]["args"]
+    args["limits"] = {**args["limits"], "max_image_bytes": 3000}  # a small room for images: bodies over 20,384 B
+    assert KEY not in json.dumps(args)
     return config
 
 
@@ -277,7 +284,8 @@ SCHEDULED_TOGETHER = {
     # Both start a local Ray and Serve through the CLI (`fastslow demo`, `fastslow serve`): one at a time.
     "local-ray": ("test_demo", "test_s3_pipeline"),
     # The Serve apps of the session's serve_stack (two index versions built by jobs): built once.
-    "serve-stack": ("test_serve_app", "test_serve_app_page", "test_serve_hardening"),
+    "serve-stack": ("test_serve_app", "test_serve_app_page", "test_serve_app_query", "test_serve_hardening",
+                    "test_serve_metrics"),
 }
 HEAVIEST_FIRST = ("local-ray", "serve-stack", "test_faults_nodes", "test_jobs_training", "test_faults_index",
                   "test_cli", "test_cluster_env", "test_pretrained_pipeline", "test_benchmark_table",

@@ -85,6 +85,22 @@ def odd_media(images, outside) -> tuple[str, str]:
     return f"sub/{stem(moved)}", stem(linked)
 
 
+def widen(images, count: int) -> list[str]:
+    """Save the last `count` test images again twice as wide (a width a filter can single out); their ids."""
+    from PIL import Image
+
+    dataset = next(images.glob("dataset_*.json"))
+    entries = [e for e in json.loads(dataset.read_text())["images"] if e["split"] == "test" and not e.get("filepath")]
+    widened = []
+    for e in entries[-count:]:
+        path = images / e["filename"]
+        with Image.open(path) as img:
+            img.load()
+            img.resize((2 * img.width, img.height)).save(path)
+        widened.append(os.path.splitext(e["filename"])[0])
+    return widened
+
+
 def post(url: str, body, timeout: float = 60.0) -> tuple[int, dict]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     req = urllib.request.Request(url + "/search", data=data, headers={"content-type": "application/json"})

@@ -3,6 +3,7 @@ from configs/serve_synth.yaml on a local Ray; see tests/test_serve_app.py): /med
 and nothing else; the page shows what the API answers and fetches nothing from elsewhere.
 """
 
+import base64
 import io
 import json
 import os
@@ -105,3 +106,52 @@ def test_search_page_in_headless_chromium(app):
     # Nothing leaves the app's origin: the images are shown from blob: URLs of that origin.
     origins = (url + "/", "blob:" + url + "/")
     assert requests and all(r.startswith(origins) for r in requests), [r for r in requests if not r.startswith(origins)]
+
+
+def test_search_page_more_like_this_an_image_and_a_filter(app):
+    url = app["url"]
+    with chromium() as browser:
+        from playwright.sync_api import expect
+
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url + "/")
+        # The live index's fields are offered as filters.
+        expect(page.locator("#filters [data-field='width'][data-op='gte']")).to_be_visible(timeout=30_000)
+        assert page.locator("#filters select[data-field='media'] option").all_inner_texts() == ["any", "image"]
+        page.fill("#query", QUERIES[0])
+        page.fill("#k", "6")
+        page.click("#search")
+        wait_for_results(page, 6)
+
+        # "More like this" on the third tile: the item's own vector, so it comes first (within ties).
+        third = page.locator(".tile").nth(2).get_attribute("data-id")
+        page.fill("#query", "")
+        page.locator(".tile .more").nth(2).click()
+        expect(page.locator("#status")).to_contain_text(f"items like {third}", timeout=60_000)
+        _, want = post(url, {"like": third, "k": 6})
+        assert [page.locator(".tile").nth(i).get_attribute("data-id") for i in range(6)] == ids(want)
+        assert page.inner_text("#by-text") == f"like {third}"
+
+        # An image file chosen (as dropped) is the query: the item whose file it is comes first.
+        item = next(i for i in load_version(app["root"], app["v1"]).metadata.to_pylist() if i["id"] == "00010")
+        page.locator("#image-file").set_input_files(item["uri"])
+        expect(page.locator("#by-text")).to_have_text("image " + os.path.basename(item["uri"]), timeout=10_000)
+        page.click("#search")
+        expect(page.locator("#status")).to_contain_text("the image", timeout=60_000)
+        with open(item["uri"], "rb") as f:
+            _, want = post(url, {"image": base64.b64encode(f.read()).decode(), "k": 6})
+        assert page.locator(".tile").first.get_attribute("data-id") == ids(want)[0]
+
+        # A filter: only the wide images, with words.
+        page.click("#clear-by")
+        page.fill("#query", QUERIES[1])
+        wide = min(load_version(app["root"], app["v1"]).metadata.column("width").to_pylist()) * 2
+        page.fill("#filters [data-field='width'][data-op='gte']", str(wide))
+        page.click("#search")
+        expect(page.locator("#status")).to_contain_text("filtered", timeout=60_000)
+        wait_for_results(page, 5)  # 6 asked, 5 pass
+        shown = [page.locator(".tile").nth(i).get_attribute("data-id") for i in range(5)]
+        assert sorted(shown) == sorted(app["wide_ids"])
+    assert not errors, errors

@@ -6,6 +6,7 @@ a small ingress queue (the checkpoints and index versions of conftest's `serve_s
 process: tests/test_serve_guard.py.
 """
 
+import base64
 import http.client
 import json
 import os
@@ -69,17 +70,20 @@ def test_search_page_asks_for_the_key_in_headless_chromium(guarded):
 
 def test_request_bodies_over_the_limit_get_413(guarded):
     url = guarded["url"]
-    status, _, body = request(url, "POST", "/search", search_body("x" * 17000))
-    assert status == 413 and "at most 16384" in json.loads(body)["detail"]
+    # max_body_bytes (16384) plus the room for an image of limits.max_image_bytes (3000 here) in base64 (4000)
+    status, health = get_json(url + "/healthz")
+    assert status == 200 and health["max_body_bytes"] == 16384 + 4000
+    status, _, body = request(url, "POST", "/search", search_body("x" * 21000))
+    assert status == 413 and "at most 20384" in json.loads(body)["detail"]
     # Chunked, with no Content-Length: refused once the body passes the limit.
     parts = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     try:
-        chunks = iter([b'{"query": "', b"y" * 9000, b"y" * 9000, b'"}'])
+        chunks = iter([b'{"query": "', b"y" * 11000, b"y" * 11000, b'"}'])
         conn.request("POST", "/search", body=chunks, headers={"X-API-Key": KEY, "Content-Type": "application/json"},
                      encode_chunked=True)
         r = conn.getresponse()
-        assert r.status == 413 and "over 16384 bytes" in json.loads(r.read())["detail"]
+        assert r.status == 413 and "over 20384 bytes" in json.loads(r.read())["detail"]
     finally:
         conn.close()
     status, _, body = request(url, "POST", "/search", search_body("z" * 600))  # under the limit: the app's own 422
@@ -90,19 +94,26 @@ def test_request_bodies_over_the_limit_get_413(guarded):
 JUNK = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
                     max_leaves=10)
+IDS = st.text(max_size=80) | st.sampled_from(["..", "../../etc/passwd", "%2e%2e", "\x00", "a/b/../c", "x" * 3000])
 HUGE = st.integers(0, 20000).map(lambda n: "\u00e9\u732b" * n)
+B64 = st.binary(max_size=300).map(lambda b: base64.b64encode(b).decode())
+OPS = st.dictionaries(st.sampled_from(["eq", "in", "gte", "lte", "prefix", "ne"]),
+                      JUNK | st.integers() | st.lists(st.integers() | st.text(max_size=5), max_size=3), max_size=3)
+FILTERS = st.dictionaries(st.sampled_from(["width", "height", "media", "id", "duration", "colour"]), OPS | JUNK,
+                          max_size=3)
 FIELDS = {"query": st.text(max_size=600) | HUGE | JUNK, "k": st.integers(-10, 300) | JUNK,
-          "rerank": st.booleans() | JUNK, "rerank_k": st.integers(-10, 300) | JUNK, "colour": JUNK}
+          "rerank": st.booleans() | JUNK, "rerank_k": st.integers(-10, 300) | JUNK, "colour": JUNK,
+          "image": B64 | st.text(max_size=60) | JUNK, "like": st.sampled_from(["00001", "sub/00002"]) | IDS | JUNK,
+          "image_weight": st.floats() | JUNK, "filter": FILTERS | JUNK}
 TRICKY = [b"", b"null", b"[]", b'"a cat"', b"{not json", b'{"query": "\\ud800 cat"}', b'{"query": "a", "k": NaN}',
           b'{"query": "a", "k": 1e400}', b'{"query": "a", "k": 1.5}', b'{"query": "a\\u0000b"}', b"\xff\xfe{}",
           b'{"query": "a", "query": 3}', b"[" * 5000 + b"]" * 5000, b'{"query": {"$ne": 1}}']
 BODIES = (st.fixed_dictionaries({}, optional=FIELDS).map(lambda d: json.dumps(d).encode())
           | JUNK.map(lambda j: json.dumps(j).encode()) | st.binary(max_size=300) | st.sampled_from(TRICKY))
-IDS = st.text(max_size=80) | st.sampled_from(["..", "../../etc/passwd", "%2e%2e", "\x00", "a/b/../c", "x" * 3000])
 CASES = (st.tuples(st.just("POST"), st.just("/search"), BODIES)
          | st.tuples(st.just("GET"), IDS.map(lambda i: "/media/" + urllib.parse.quote(i, safe="/")), st.none())
          | st.tuples(st.sampled_from(["GET", "PUT", "DELETE", "PATCH", "OPTIONS"]),
-                     st.sampled_from(["/search", "/media/x", "/healthz", "/nope", "/search/../healthz", "/%ff"]),
+                     st.sampled_from(["/search", "/media/x", "/healthz", "/filters", "/nope", "/search/../healthz", "/%ff"]),
                      st.none() | BODIES))
 
 
@@ -144,7 +155,7 @@ def test_direct_ingress_port_has_the_same_key_and_backpressure(guarded, ray_head
     assert request(url, "GET", "/healthz", key=None)[0] == 200
     status, _, raw = request(url, "POST", "/search", search_body())
     assert status == 200 and json.loads(raw)["index_version"] == guarded["v1"]
-    assert request(url, "POST", "/search", search_body("x" * 17000))[0] == 413
+    assert request(url, "POST", "/search", search_body("x" * 21000))[0] == 413
     refused = check_backpressure(url)
     fault_record("input", "40 slow requests at once at the ingress replica's own port", tried=40, refused=refused,
                  five_xx=0)

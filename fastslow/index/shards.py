@@ -205,6 +205,30 @@ def search_params(index, nprobe: int | None = None, ef_search: int | None = None
     return None  # Flat, PQ, SQ, LSH, fast-scan ...: nothing to set
 
 
+def prepare_vectors(index) -> None:
+    """Make `item_vectors` possible on `index` (an IVF inside it gets its direct map: 8 bytes per item), once, at
+    load: it changes the index, so never while it is searched."""
+    faiss = import_faiss()
+
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+        ivf.make_direct_map()
+
+
+def item_vectors(index, positions: np.ndarray) -> np.ndarray:
+    """(n, d) float32: the vectors FAISS holds at `positions` of a shard (prepared by `prepare_vectors`): the
+    vectors added for Flat, HNSW and IVF…,Flat; as decoded from their codes for PQ and SQ; PCA's inverse."""
+    faiss = import_faiss()
+
+    ix = faiss.downcast_index(index)
+    if isinstance(ix, faiss.IndexIDMap) and not isinstance(ix, faiss.IndexIDMap2):
+        ix = ix.index  # its ids are the positions (add_rows), in the order of the index it wraps
+    positions = np.ascontiguousarray(positions, dtype=np.int64)
+    if not len(positions):
+        return np.zeros((0, index.d), np.float32)
+    return np.asarray(ix.reconstruct_batch(positions), dtype=np.float32)
+
+
 def on_gpu(index, nprobe: int | None = None):
     """(index, gpu resources): a GPU copy of `index` where faiss-gpu is installed and a GPU is visible, with its
     nprobe set on the copy (this process's own, so no per-call parameters are needed), else `index` and None.

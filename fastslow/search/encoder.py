@@ -1,4 +1,4 @@
-"""Fast's text tower as a query encoder."""
+"""Fast as a query encoder: its text tower for words, its visual tower for an image given as the query."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from fastslow.models.fast import FastEncoder
 
 
 class QueryEncoder:
-    """Fast's text tower: query strings to unit vectors."""
+    """Fast's towers: query strings, or decoded images (as `decode` gives them), to unit vectors."""
 
     def __init__(self, checkpoint: str, threads: int | None = None):
         if threads:
@@ -27,3 +27,8 @@ class QueryEncoder:
         with autocast(self.device):
             return self.model.encode_text(list(texts)).float().cpu().numpy()
 
+    @torch.inference_mode()
+    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+        """(B, S, S, 3) uint8 images, decoded as the index decodes its items, to (B, E) unit vectors."""
+        with autocast(self.device):
+            return self.model.encode_visual(torch.from_numpy(np.ascontiguousarray(pixels))).float().cpu().numpy()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -18,7 +18,8 @@ from fastslow.errors import FastslowError
 from fastslow.index.publish import current_version
 from fastslow.search.answer import merge_hits, public_hit, reranked_top, search_depth, stage_timings
 from fastslow.search.encoder import QueryEncoder
-from fastslow.search.request import SearchRequest
+from fastslow.search.filters import check_filter
+from fastslow.search.request import SearchRequest, combine
 from fastslow.search.reranker import Reranker
 from fastslow.search.shard import ShardSearcher
 
@@ -29,32 +30,55 @@ class NoShardAnswered(FastslowError):
     """Every index shard failed or timed out: there is nothing to answer with."""
 
 
+class UnknownItem(FastslowError):
+    """A `like` query names an id the index version does not hold."""
+
+
 @dataclass
 class QueryStages:
-    """The stages of one query. `retrieve` gives each answering shard's hits and, per failed shard, why;
-    `rerank` gives Slow's scores of the head (None where an item could not be scored), or None and why not."""
+    """The stages of one query. `encode` embeds words, `encode_image` decoded pixels, `item_vector` gives an
+    indexed item's vector (None: no such item); `retrieve` gives each answering shard's hits (of the items passing
+    the filter) and, per failed shard, why; `rerank` gives Slow's scores of the head (None where an item could not
+    be scored), or None and why not."""
 
     encode: Callable[[str], Awaitable[np.ndarray]]
-    retrieve: Callable[[np.ndarray, int], Awaitable[tuple[list[list[dict]], dict[str, str]]]]
+    retrieve: Callable[[np.ndarray, int, dict | None], Awaitable[tuple[list[list[dict]], dict[str, str]]]]
     rerank: Callable[[str, list[dict]], Awaitable[tuple[list[float | None] | None, str | None]]]
     num_shards: int
     metric: str = "ip"
     fast_weight: float = 0.0
+    encode_image: Callable[[np.ndarray], Awaitable[np.ndarray]] | None = None
+    item_vector: Callable[[str], Awaitable[np.ndarray | None]] | None = None
+
+
+async def query_vector(stages: QueryStages, req: SearchRequest) -> np.ndarray:
+    """The vector `req` searches with: its words', its image's or its `like` item's, or words and either
+    combined (fastslow.search.request.combine)."""
+    text = await stages.encode(req.query) if req.query else None
+    visual = None
+    if req.image is not None:
+        visual = await stages.encode_image(req.image)
+    elif req.like is not None:
+        visual = await stages.item_vector(req.like)
+        if visual is None:
+            raise UnknownItem(f"like: no item {req.like[:200]!r} in this index version")
+    return combine(text, visual, req.image_weight)
 
 
 async def answer_query(stages: QueryStages, req: SearchRequest, version: str | None) -> dict:
     """The answer to `req`: results with both scores, whether it was re-ranked or degraded, shards, timings."""
     t0 = time.perf_counter()
-    vector = await stages.encode(req.query)
+    vector = await query_vector(stages, req)
     t1 = time.perf_counter()
-    depth = search_depth(req.k, req.rerank, req.rerank_k)
-    parts, failed = await stages.retrieve(vector, depth)
+    rerank = req.rerank and bool(req.query)  # Slow scores words against items: an image alone is not re-ranked
+    depth = search_depth(req.k, rerank, req.rerank_k)
+    parts, failed = await stages.retrieve(vector, depth, req.filter)
     if not parts:
         raise NoShardAnswered(f"no index shard answered: {'; '.join(failed.values())}")
     hits = merge_hits(parts, depth, stages.metric)
     t2 = time.perf_counter()
     degraded, reason, top = False, None, hits[: req.k]
-    if req.rerank and hits:
+    if rerank and hits:
         scores, reason = await stages.rerank(req.query, hits[: req.rerank_k])
         if scores is None:
             degraded = True
@@ -62,8 +86,9 @@ async def answer_query(stages: QueryStages, req: SearchRequest, version: str | N
             top = reranked_top(hits, scores, req.k, req.rerank_k, stages.fast_weight)
     t3 = time.perf_counter()
     answered = sorted(set(range(stages.num_shards)) - {int(s) for s in failed})
-    return {"query": req.query, "results": [public_hit(h, i + 1) for i, h in enumerate(top)],
-            "reranked": req.rerank and not degraded, "degraded": degraded, "degraded_reason": reason,
+    return {"query": req.query, "query_by": req.query_by, "like": req.like,
+            "results": [public_hit(h, i + 1) for i, h in enumerate(top)],
+            "reranked": rerank and not degraded, "degraded": degraded, "degraded_reason": reason,
             "partial": bool(failed), "shards": {"answered": answered, "failed": failed},
             "index_version": version, "timings_ms": stage_timings(t0, t1, t2, t3)}
 
@@ -97,13 +122,24 @@ class SearchPipeline:
         self.reranker = Reranker(slow_checkpoint, first.num_frames) if slow_checkpoint else None
         self.version = first.version
         self.stages = QueryStages(self._encode, self._retrieve, self._rerank, len(self.shards), first.metric,
-                                  fast_weight)
+                                  fast_weight, self._encode_image, self._item_vector)
+
+    def fields(self) -> dict[str, str]:
+        """The fields a filter may name in this version (name -> kind), over every shard."""
+        return {name: kind for s in self.shards for name, kind in s.fields.kinds().items()}
 
     async def _encode(self, query: str) -> np.ndarray:
         return self.encoder.encode([query])[0]
 
-    async def _retrieve(self, vector: np.ndarray, depth: int) -> tuple[list[list[dict]], dict[str, str]]:
-        return [s.search(vector[None], depth)[0] for s in self.shards], {}
+    async def _encode_image(self, pixels: np.ndarray) -> np.ndarray:
+        return self.encoder.encode_images(pixels[None])[0]
+
+    async def _item_vector(self, item_id: str) -> np.ndarray | None:
+        return next((v for v in (s.vector(item_id) for s in self.shards) if v is not None), None)
+
+    async def _retrieve(self, vector: np.ndarray, depth: int,
+                        filter_spec: dict | None = None) -> tuple[list[list[dict]], dict[str, str]]:
+        return [s.search(vector[None], depth, filter_spec)[0] for s in self.shards], {}
 
     async def _rerank(self, query: str, head: list[dict]) -> tuple[list[float | None] | None, str | None]:
         if self.reranker is None:
@@ -111,5 +147,6 @@ class SearchPipeline:
         return self.reranker.score([query], [head])[0], None
 
     def search(self, req: SearchRequest) -> dict:
-        """The answer to one query, shaped as the Serve endpoint's."""
+        """The answer to one query, shaped as the Serve endpoint's; `req.filter` is checked here."""
+        req = replace(req, filter=check_filter(req.filter, self.fields()) or None)
         return run_local(answer_query(self.stages, req, self.version))
