@@ -66,7 +66,44 @@ def _cmd_index(args) -> dict:
 
     given = {"checkpoint": args.checkpoint, "root": args.root}
     overrides = _data_overrides(args) + [f"{k}={json.dumps(v)}" for k, v in given.items() if v] + args.overrides
-    return run_build(load_config(IndexRunConfig, args.config, overrides), _ray_address(args.address))
+    cfg = load_config(IndexRunConfig, args.config, overrides + (["append=true"] if args.append else []))
+    if args.delete is not None or args.compact:
+        return _change_index(cfg, args.delete)
+    return run_build(cfg, _ray_address(args.address))
+
+
+def _change_index(cfg, delete: str | None) -> dict:
+    """`fastslow index --delete IDS` / `--compact`: a new version of the live one, published, then old versions
+    collected as a build's are."""
+    from cluster.connect import storage_path
+    from fastslow.index.changes import collect_garbage, compact, delete_items
+
+    root = storage_path(cfg.root)
+    if delete is None:
+        summary = compact(root)
+    else:
+        ids = _id_list(delete)
+        summary = delete_items(root, ids, cfg.compact_at)
+    if cfg.keep_versions is not None:
+        summary["versions_removed"] = len(collect_garbage(root, cfg.keep_versions))
+    return summary
+
+
+def _id_list(text: str) -> list[str]:
+    """Ids from `a,b,c` or `@FILE` (one per line)."""
+    from fastslow import storage
+
+    if text.startswith("@"):
+        try:
+            lines = storage.read_text(text[1:]).splitlines()
+        except (OSError, storage.MissingFileError) as e:
+            raise FastslowError(f"--delete {text}: cannot read the file ({e})") from None
+    else:
+        lines = text.split(",")
+    ids = [line.strip() for line in lines if line.strip()]
+    if not ids:
+        raise FastslowError(f"--delete {text!r}: no ids given")
+    return ids
 
 
 def _cmd_serve(args) -> dict | None:
@@ -170,11 +207,24 @@ COMMANDS = {"synth": _cmd_synth, "train": _cmd_train, "index": _cmd_index, "serv
 OVERRIDABLE = ("synth", "train", "index")
 
 
-HEADLINES = {  # a line a person reads before the JSON summary
-    "index": lambda s: (f"indexed {s['indexed']} of {s['read']} items read ({s['errors']} errors, listed in "
-                        f"{s['errors_file']}) in {s['seconds']} s, {s['items_per_s']} items/s; version {s['version']} is "
-                        f"live under {s['root']}"),
-}
+def _index_headline(s: dict) -> str:
+    """The line of a build, an append, a delete or a compaction."""
+    if "deleted" in s:
+        missing = f"; {len(s['not_found'])} ids not held: {', '.join(s['not_found'][:5])}" if s["not_found"] else ""
+        return f"deleted {s['deleted']} items from {s['base']}{missing}; version {s['version']} is live"
+    if "shards_rebuilt" in s:
+        return f"{s['shards_rebuilt']} shards of {s['base']} rebuilt whole; version {s['version']} is live"
+    if s.get("appended_to") and not s["indexed"]:
+        return (f"nothing new to add ({s['already_indexed']} items held already, {s['errors']} errors); version "
+                f"{s['version']} stays live under {s['root']}")
+    added = f"indexed {s['indexed']}"
+    if s.get("appended_to"):
+        added = f"added {s['indexed']} new items to {s['appended_to']}"
+    return (f"{added} of {s['read']} items read ({s['errors']} errors, listed in {s['errors_file']}) in "
+            f"{s['seconds']} s, {s['items_per_s']} items/s; version {s['version']} is live under {s['root']}")
+
+
+HEADLINES = {"index": _index_headline}  # a line a person reads before the JSON summary
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

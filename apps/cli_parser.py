@@ -78,6 +78,15 @@ def _index_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="the Fast checkpoint that embeds the items (local or s3://)")
     p.add_argument("--root", help="index folder holding versions/ and CURRENT (local or s3://)")
     p.add_argument("--config", help="YAML config (see configs/index_synth_images.yaml)")
+    change = p.add_mutually_exclusive_group()
+    change.add_argument("--append", action="store_true",
+                        help="embed only the items the live version does not hold and publish it with them added "
+                             "(a version sharing its shards' files)")
+    change.add_argument("--delete", metavar="IDS",
+                        help="publish the live version without these items: comma-separated ids, or @FILE with "
+                             "one id per line (needs only --root)")
+    change.add_argument("--compact", action="store_true",
+                        help="rebuild the live version's changed shards whole and publish that (needs only --root)")
     _add_address(p, "as a Ray Data job")
     _add_data_args(p)
 

@@ -111,11 +111,15 @@ class EmbedJobConfig:
     concurrency: int | str = "auto"  # Fast-embedding actors in the pool; auto: one per GPU, else one per CPU
     batch_size: int = 64  # images (or videos) per forward pass inside an actor
     num_gpus: float | str = "auto"  # per actor; auto: 1 where the cluster has GPUs, else 0
+    # CPUs each actor reserves (a fraction lets a build share a small cluster with a Serve app, as an append does)
+    cpus_per_actor: float = 1.0
     partition_size: int = 256  # items per partition: the unit that is written, and rerun after a failure
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.partition_size < 1:
             raise FastslowError("embed: batch_size and partition_size must be >= 1")
+        if not self.cpus_per_actor > 0:
+            raise FastslowError(f"embed.cpus_per_actor: must be more than 0, got {self.cpus_per_actor}")
         if self.concurrency != AUTO and (isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int)
                                          or self.concurrency < 1):
             raise FastslowError(f"embed.concurrency: expected 'auto' or a whole number >= 1, got {self.concurrency!r}")
@@ -136,6 +140,11 @@ class IndexRunConfig:
     # Fields of each item's metadata (img2dataset's .json) left out of the index and its answers: exif is a
     # JSON text of its own, often kilobytes. [] keeps everything.
     metadata_drop: list[str] = field(default_factory=lambda: ["exif"])
+    # Add the collection's new items to the live version (a new version sharing its shards' files; new items are
+    # those whose ids it does not hold, and tar shards none of whose members it holds) instead of indexing all.
+    append: bool = False
+    compact_at: float = 0.25  # a changed shard whose added + deleted items pass this share of its own is rebuilt
+    keep_versions: int | None = 5  # after a publish, older versions beyond the live one and this many go; null: none
 
 
 def apply_override(tree: dict, override: str) -> None:

@@ -158,6 +158,23 @@ def list_files(prefix_uri: str, suffixes=None, recursive: bool = True) -> list[s
     return sorted(out)
 
 
+def delete_tree(prefix_uri: str) -> int:
+    """Delete every file under a folder (a local directory, or an S3 prefix taken as a folder); how many."""
+    if not is_s3(prefix_uri):
+        import shutil
+
+        count = len(list_files(prefix_uri))
+        shutil.rmtree(prefix_uri, ignore_errors=True)
+        return count
+    bucket, _ = split_s3(prefix_uri)
+    keys = [split_s3(u)[1] for u in _list_s3(prefix_uri, None, True)]
+    with _s3_errors(prefix_uri):
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1,000 keys
+            s3_client().delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]],
+                                                              "Quiet": True})
+    return len(keys)
+
+
 def _list_s3(prefix_uri: str, sfx: tuple[str, ...] | None, recursive: bool) -> list[str]:
     bucket, key = split_s3(prefix_uri)
     # A folder: `data` must not match `data2/...`.

@@ -37,9 +37,12 @@ def _run_pipeline(build: IndexBuild, pending: list[int]) -> None:
     items = [{"partition": p, "items": json.dumps(build.plan[p])} for p in pending]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     cpu_tasks = cpu_task_options()
-    ds = ds.map_batches(decode_stage, batch_size=1, fn_kwargs={"cfg": build.decode_config()}, **cpu_tasks)
+    # Decoding asks for the CPUs an embedding actor does: where there is no CPU node type, Ray Data then runs it
+    # inside the actors (fused), so fractional actors beside a Serve app never wait for a whole free CPU.
+    ds = ds.map_batches(decode_stage, batch_size=1, fn_kwargs={"cfg": build.decode_config()},
+                        num_cpus=cfg.embed.cpus_per_actor, **cpu_tasks)
     gpus = gpus_per_actor(cfg.embed.num_gpus)
-    options = actor_options(1.0, gpus)
+    options = actor_options(cfg.embed.cpus_per_actor, gpus)
     actors = embedding_actors(cfg.embed.concurrency, gpus)
     log.info("embedding in %d actor(s), %s GPU each", actors, gpus)
     ds = ds.map_batches(FastEmbedder, batch_size=1, num_cpus=options["num_cpus"], num_gpus=options["num_gpus"] or None,

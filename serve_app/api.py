@@ -22,6 +22,8 @@ class SearchBody(BaseModel):
                                 description="with words and an image (or like): the query vector is the unit "
                                             "vector along (1 - w) * words + w * image, so each item's Fast score "
                                             "orders as (1 - w) * its words' score + w * its image's")
+    explain: bool = Field(False, description="with each re-ranked result, Slow's cross-attention from each query "
+                                             "token to the item's fine-grained grid (a video's: each frame's)")
     filter: dict[str, dict] | None = Field(
         None, description="conditions on the items' fields, all of which must hold, e.g. {\"media\": {\"eq\": "
                           "\"image\"}, \"width\": {\"gte\": 512}, \"id\": {\"prefix\": \"2024/\"}}; "
@@ -29,6 +31,13 @@ class SearchBody(BaseModel):
     k: int = Field(SearchRequest.k, description="results to answer with")
     rerank: bool = Field(SearchRequest.rerank, description="re-rank Fast's top rerank_k with Slow")
     rerank_k: int = Field(SearchRequest.rerank_k, description="how many of Fast's best Slow re-scores")
+
+
+class Explanation(BaseModel):
+    tokens: list[str] = Field(description="the query's tokens as Slow reads them (words unknown to Slow left out)")
+    grid: list[int] = Field(description="[rows, cols] of the item's fine-grained grid")
+    frames: int | None = Field(description="a video's frames; null for an image")
+    maps: list = Field(description="per token, the attention over [frames,] rows x cols: it sums to 1 per token")
 
 
 class Hit(BaseModel):
@@ -42,7 +51,9 @@ class Hit(BaseModel):
                                        "fields: url, width, height, sha256, ...), less those the index leaves out")
     fast_score: float
     slow_score: float | None = Field(description="null when not re-ranked")
+    fast_rank: int | None = Field(None, description="its rank in Fast's order, before re-ranking")
     shard: int
+    explain: Explanation | None = Field(None, description="with `explain`, for a re-ranked result")
 
 
 class ShardsAnswered(BaseModel):
@@ -59,6 +70,7 @@ class SearchAnswer(BaseModel):
     degraded: bool = Field(description="re-ranking was asked for but the answer is in Fast order")
     degraded_reason: str | None
     partial: bool = Field(description="some index shards did not answer")
+    explain_reason: str | None = Field(None, description="with `explain`: why the results carry no maps")
     shards: ShardsAnswered
     index_version: str
     timings_ms: dict[str, float]

@@ -157,5 +157,9 @@ class SlowReranker:
             self.waiting -= 1
             metrics.METRICS.queue(self.waiting)
 
+    async def explain(self, query: str, hits: list[dict]) -> list[dict | None]:
+        """Slow's attention maps of `query` over each hit (Reranker.explain), off the event loop."""
+        return await asyncio.to_thread(self.reranker.explain, query, hits)
+
     async def ready(self) -> bool:
         return self.fault is None

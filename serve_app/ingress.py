@@ -42,7 +42,7 @@ from ray.serve.handle import DeploymentHandle
 
 from cluster.resources import actor_options, gpus_per_actor
 from fastslow.data.decode import DecodeConfig, decode_image
-from fastslow.errors import DecodeError, FastslowError
+from fastslow.errors import DecodeError, FastslowError, user_error
 from fastslow.index.publish import current_version, read_manifest
 from fastslow.log import get_logger
 from fastslow.models.checkpoint import read_manifest as read_checkpoint
@@ -168,7 +168,7 @@ class Ingress:
         except FilterError as e:
             raise HTTPException(422, str(e)) from None
         return SearchRequest(query, body.k, body.rerank, body.rerank_k, self._image(body.image), body.like,
-                             body.image_weight, checked or None)
+                             body.image_weight, checked or None, body.explain)
 
     def _image(self, encoded: str | None):
         """The uploaded image decoded as the index's items were (None without one), or a 413/422 naming `image`."""
@@ -239,6 +239,16 @@ class Ingress:
         except Exception as e:  # noqa: BLE001 - any failure of the re-ranker degrades, never fails, the answer
             return None, _reason(e, "re-ranker", timeout)
 
+    async def _explain(self, query: str, hits: list[dict]) -> tuple[list[dict | None] | None, str | None]:
+        if self.reranker is None:
+            return None, NO_RERANKER
+        timeout = self.cfg.rerank_timeout_s
+        try:
+            return await _within(self.reranker.explain.remote(query, hits), timeout), None
+        except Exception as e:  # noqa: BLE001 - an answer without maps, saying why, rather than no answer
+            found = user_error(e)
+            return None, str(found) if found else _reason(e, "re-ranker", timeout)
+
     @app.post("/search", response_model=SearchAnswer, responses={
         404: {"model": ErrorAnswer, "description": "`like` names no item of the live version"},
         413: {"model": ErrorAnswer, "description": "the body, or the image in it, is over the limit"},
@@ -250,7 +260,7 @@ class Ingress:
         version = self.version
         stages = QueryStages(self._encode, lambda vector, depth, spec: self._retrieve(vector, depth, version, spec),
                              self._rerank, len(self.retrievers), self.metric, self.cfg.fast_weight, self._encode_image,
-                             lambda item_id: self._item_vector(item_id, version))
+                             lambda item_id: self._item_vector(item_id, version), self._explain)
         try:
             answer = await answer_query(stages, req, version)
         except NoShardAnswered as e:

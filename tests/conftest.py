@@ -285,7 +285,7 @@ SCHEDULED_TOGETHER = {
     "local-ray": ("test_demo", "test_s3_pipeline"),
     # The Serve apps of the session's serve_stack (two index versions built by jobs): built once.
     "serve-stack": ("test_serve_app", "test_serve_app_page", "test_serve_app_query", "test_serve_hardening",
-                    "test_serve_metrics"),
+                    "test_serve_metrics", "test_serve_index_changes"),
 }
 HEAVIEST_FIRST = ("local-ray", "serve-stack", "test_faults_nodes", "test_jobs_training", "test_faults_index",
                   "test_cli", "test_cluster_env", "test_pretrained_pipeline", "test_benchmark_table",

@@ -109,3 +109,16 @@ def test_rerun_is_a_no_op_giving_the_same_version(built, mixed_collection, tiny_
         {k: summary[k] for k in ("version", "read", "indexed", "errors", "errors_file")}
     assert [os.stat(p).st_mtime_ns for p in (manifest, os.path.join(root, "CURRENT"))] == stamps
     assert current_version(root) == summary["version"]
+
+
+def test_append_with_nothing_new_keeps_the_live_version_and_reports_the_unreadable_again(
+        built, mixed_collection, tiny_fast_checkpoint):
+    root, summary, _ = built
+    cfg = index_config(mixed_collection, tiny_fast_checkpoint, root)
+    cfg.append = True
+    again = build_index(cfg)
+    # The 28 indexed items are held: not read again. The 3 that could not be indexed are tried again, and reported.
+    assert again["version"] == summary["version"] and again["appended_to"] == summary["version"]
+    assert again["indexed"] == 0 and again["already_indexed"] == INDEXED
+    assert again["read"] == again["errors"] == REPORTED
+    assert current_version(root) == summary["version"]

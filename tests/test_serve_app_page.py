@@ -144,8 +144,24 @@ def test_search_page_more_like_this_an_image_and_a_filter(app):
             _, want = post(url, {"image": base64.b64encode(f.read()).decode(), "k": 6})
         assert page.locator(".tile").first.get_attribute("data-id") == ids(want)[0]
 
-        # A filter: only the wide images, with words.
+        # "Why": each re-ranked tile gets Slow's attention as a heat map over its image and the query's tokens;
+        # hovering a token draws that token's map.
         page.click("#clear-by")
+        page.fill("#query", QUERIES[0])
+        page.check("#explain")
+        page.click("#search")
+        expect(page.locator(".tile canvas.heat")).to_have_count(6, timeout=60_000)
+        _, explained = post(url, {"query": QUERIES[0], "k": 6, "explain": True})
+        tokens = explained["results"][0]["explain"]["tokens"]
+        assert page.locator(".tile").first.locator(".tokens span").count() == len(tokens)
+        heat = page.locator(".tile").first.locator("canvas.heat")
+        mean = heat.evaluate("c => c.toDataURL()")
+        page.locator(".tile").first.locator(".tokens span").nth(2).hover()
+        assert heat.evaluate("c => c.toDataURL()") != mean
+        assert "\u2192 #1" in page.locator(".tile").first.locator(".moved").inner_text()
+        page.uncheck("#explain")
+
+        # A filter: only the wide images, with words.
         page.fill("#query", QUERIES[1])
         wide = min(load_version(app["root"], app["v1"]).metadata.column("width").to_pylist()) * 2
         page.fill("#filters [data-field='width'][data-op='gte']", str(wide))

@@ -144,3 +144,26 @@ def test_fastslow_search_by_image_like_and_filter_from_the_terminal(app, tmp_pat
         proc = subprocess.run([sys.executable, "-m", "fastslow", "search", "--url", app["url"], *args],
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode != 0 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_explain_returns_slows_attention_map_per_token_for_each_reranked_result(app):
+    status, answer = post(app["url"], {"query": QUERIES[0], "k": 4, "rerank_k": 8, "explain": True})
+    assert status == 200 and answer["reranked"] and answer["explain_reason"] is None, answer
+    for hit in answer["results"]:
+        ex = hit["explain"]
+        maps = np.asarray(ex["maps"])
+        assert ex["frames"] is None and maps.shape == (len(ex["tokens"]), *ex["grid"]), (maps.shape, ex["grid"])
+        assert np.allclose(maps.sum(axis=(1, 2)), 1.0, atol=1e-3) and (maps >= 0).all()
+        # The tiny Slow's tokens are the query's characters, as many as its max_length takes.
+        assert QUERIES[0].startswith("".join(ex["tokens"])) and len(ex["tokens"]) >= 20
+        assert 1 <= hit["fast_rank"] <= 8
+    # The same order as without explain; the ranks before re-ranking are Fast's.
+    _, plain = post(app["url"], {"query": QUERIES[0], "k": 4, "rerank_k": 8})
+    _, fast = post(app["url"], {"query": QUERIES[0], "k": 8, "rerank": False})
+    assert ids(plain) == ids(answer)
+    assert [ids(fast).index(h["id"]) + 1 for h in answer["results"]] == [h["fast_rank"] for h in answer["results"]]
+    # Nothing re-ranked, nothing explained, and the answer says why.
+    for body in ({"query": QUERIES[0], "rerank": False}, {"like": _items(app)[0]["id"]}):
+        status, answer = post(app["url"], {**body, "k": 3, "explain": True})
+        assert status == 200 and "only re-ranked results are explained" in answer["explain_reason"]
+        assert all(h.get("explain") is None for h in answer["results"])

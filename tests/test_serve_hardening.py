@@ -104,7 +104,7 @@ FILTERS = st.dictionaries(st.sampled_from(["width", "height", "media", "id", "du
 FIELDS = {"query": st.text(max_size=600) | HUGE | JUNK, "k": st.integers(-10, 300) | JUNK,
           "rerank": st.booleans() | JUNK, "rerank_k": st.integers(-10, 300) | JUNK, "colour": JUNK,
           "image": B64 | st.text(max_size=60) | JUNK, "like": st.sampled_from(["00001", "sub/00002"]) | IDS | JUNK,
-          "image_weight": st.floats() | JUNK, "filter": FILTERS | JUNK}
+          "image_weight": st.floats() | JUNK, "filter": FILTERS | JUNK, "explain": st.booleans() | JUNK}
 TRICKY = [b"", b"null", b"[]", b'"a cat"', b"{not json", b'{"query": "\\ud800 cat"}', b'{"query": "a", "k": NaN}',
           b'{"query": "a", "k": 1e400}', b'{"query": "a", "k": 1.5}', b'{"query": "a\\u0000b"}', b"\xff\xfe{}",
           b'{"query": "a", "query": 3}', b"[" * 5000 + b"]" * 5000, b'{"query": {"$ne": 1}}']

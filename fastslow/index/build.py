@@ -89,10 +89,13 @@ def plan_partitions(rows: list[dict], size: int) -> list[list[dict]]:
     return plan
 
 
-def version_name(model_sha: str, rows: list[dict], cfg: IndexRunConfig, shards: list[str] = ()) -> str:
+def version_name(model_sha: str, rows: list[dict], cfg: IndexRunConfig, shards: list[str] = (),
+                 base: str | None = None) -> str:
     """A name fixed by what the build depends on: a resubmitted build finds its own partitions. Shards count by
-    name (their items are read by the workers)."""
+    name (their items are read by the workers); an append counts its base version."""
     h = hashlib.sha256()
+    if base:
+        h.update(f"append to\t{base}\n".encode())
     settings = {"model": model_sha, "index": vars(cfg.index), "frames": cfg.data.num_frames,
                 "partition_size": cfg.embed.partition_size, "metadata_drop": cfg.metadata_drop}
     h.update(json.dumps(settings, sort_keys=True).encode())
@@ -153,15 +156,39 @@ def make_current(root: str, version: str) -> None:
         publish(root, version)
 
 
+def _new_items(cfg: IndexRunConfig, model: dict, rows: list[dict], shards: list[str]):
+    """(the live version, the rows it does not hold, the tar shards none of whose members it holds, {'items',
+    'shards': how many of each it holds already}) for an append."""
+    from fastslow.data.members import split_member
+    from fastslow.index.changes import live_items
+    from fastslow.index.publish import current_version, read_manifest
+
+    base = current_version(cfg.root)
+    held_by = (read_manifest(cfg.root, base).get("model") or {}).get("weights_sha256")
+    if held_by != model["weights_sha256"]:
+        raise FastslowError(f"append: the live version {base} was embedded by another model than {cfg.checkpoint}; "
+                            "build a new index instead")
+    held = live_items(cfg.root, base)
+    containers = {split_member(uri)[0] for uri in held.values() if split_member(uri)}
+    new_rows = [r for r in rows if r["id"] not in held]
+    new_shards = [s for s in shards if s not in containers]
+    log.info("append to %s: %d new items, %d new shards (%d items and %d shards held already)", base,
+             len(new_rows), len(new_shards), len(rows) - len(new_rows), len(shards) - len(new_shards))
+    return base, new_rows, new_shards, {"items": len(rows) - len(new_rows), "shards": len(shards) - len(new_shards)}
+
+
 class IndexBuild:
     """One build's plan and state; `prepare` it, run its `pending()` partitions (`run_partition`), `finish` it."""
 
     def __init__(self, cfg: IndexRunConfig, model: dict, rows: list[dict], report: ReadReport, version: str,
-                 resolve: Callable[[str], str], started: float, shards: list[str] = ()):
+                 resolve: Callable[[str], str], started: float, shards: list[str] = (), base: str | None = None,
+                 already_indexed: dict | None = None):
         from fastslow.index.publish import MANIFEST, version_dir
 
         self.cfg, self.model, self.rows, self.report, self.version = cfg, model, rows, report, version
         self.resolve, self.started = resolve, started
+        # An append: the live version it adds to, and what of the collection it holds already (not read again).
+        self.base, self.already_indexed = base, already_indexed or {"items": 0, "shards": 0}
         self.build_dir = storage.join(cfg.root, "builds", version)
         self.plan = plan_partitions(rows, cfg.embed.partition_size) + [
             shard_entry(s, cfg.data.media, cfg.embed.partition_size, cfg.metadata_drop) for s in shards]
@@ -187,8 +214,11 @@ class IndexBuild:
         rows, report, shards = index_rows(cfg)
         if not rows and not shards:
             raise FastslowError(f"{cfg.data.path}: no items to index ({report.summary()})")
-        version = cfg.version or version_name(model["weights_sha256"], rows, cfg, shards)
-        build = cls(cfg, model, rows, report, version, resolve, started, shards)
+        base, already = None, {"items": 0, "shards": 0}
+        if cfg.append:
+            base, rows, shards, already = _new_items(cfg, model, rows, shards)
+        version = cfg.version or version_name(model["weights_sha256"], rows, cfg, shards, base)
+        build = cls(cfg, model, rows, report, version, resolve, started, shards, base, already)
         if not build.published:
             check_plan(build.build_dir, build.plan)
             log.info("version %s: %d partitions, %d to do", version, len(build.plan), len(build.pending()))
@@ -240,6 +270,7 @@ class IndexBuild:
         another, or the job's Ray tasks; fastslow.index.assemble), publish it; returns the summary (items read =
         indexed + errors)."""
         from fastslow.index.assemble import assemble, local_map, scan
+        from fastslow.index.changes import append_version, collect_garbage, compact, needs_compaction
         from fastslow.index.publish import version_dir
 
         cfg, version = self.cfg, self.version
@@ -248,21 +279,36 @@ class IndexBuild:
             raise FastslowError(f"version {version}: partitions {missing} are not written yet; run them first")
         layout = scan(self.build_dir, self.plan)
         errors = [{"id": p.id, "uri": p.uri, "reason": p.reason} for p in self.report.problems] + layout.errors
-        read = self.report.read + layout.shard_read
+        # An append reads every row of the collection and leaves those the base holds.
+        read = self.report.read + layout.shard_read - self.already_indexed["items"]
         if read != layout.items + len(errors):
             raise RuntimeError(f"lost items: read {read} != indexed {layout.items} + errors {len(errors)}")
         errors_file = storage.join(version_dir(cfg.root, version), "errors.jsonl")
-        if not self.published:
+        summary = {}
+        if self.base and not layout.items:  # an append with nothing new that could be indexed: the base stays live
+            version, errors_file = self.base, None
+        elif not self.published:
             storage.write_text(errors_file, "".join(json.dumps(e) + "\n" for e in errors))
             if not layout.items:
                 raise FastslowError(f"{cfg.data.path}: no item could be indexed (see the errors file)")
-            assemble(self.build_dir, layout, cfg.root, version, cfg.index, self.identity(),
-                     collection_root(cfg, self.resolve), run or local_map)
+            if self.base:
+                ids, vectors, metadata, _, _ = self.collect()
+                append_version(cfg.root, self.base, version, ids, vectors, metadata)
+            else:
+                assemble(self.build_dir, layout, cfg.root, version, cfg.index, self.identity(),
+                         collection_root(cfg, self.resolve), run or local_map)
         make_current(cfg.root, version)
+        if self.base:
+            summary = {"appended_to": self.base, "already_indexed": self.already_indexed["items"],
+                       "shards_already_indexed": self.already_indexed["shards"]}
+            if needs_compaction(cfg.root, version, cfg.compact_at):
+                version = summary["compacted"] = compact(cfg.root)["version"]
+        if cfg.keep_versions is not None:
+            summary["versions_removed"] = len(collect_garbage(cfg.root, cfg.keep_versions))
         seconds = time.time() - self.started
         return {"version": version, "root": cfg.root, "read": read, "indexed": layout.items,
                 "errors": len(errors), "errors_file": errors_file, "shards": cfg.index.shards,
-                "seconds": round(seconds, 1), "items_per_s": round(read / max(seconds, 1e-9), 1)}
+                "seconds": round(seconds, 1), "items_per_s": round(read / max(seconds, 1e-9), 1), **summary}
 
 
 def build_index(cfg: IndexRunConfig, resolve: Callable[[str], str] = absolute_path) -> dict:

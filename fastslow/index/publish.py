@@ -3,6 +3,11 @@
     <root>/versions/<version>/shard-000.faiss, shard-000.rows.npy, shard-000.meta.parquet, ..., manifest.json
     <root>/CURRENT                      the name of the live version
 
+A version made by changing another (fastslow.index.changes: append, delete) shares its shards' files: a shard entry
+names the version folder holding them (`dir`), and may add a delta (the added items' vectors, rows and metadata)
+and a list of deleted rows. Loading adds the delta to the shard's index and hands the deleted rows on (searches
+leave them out).
+
 Each shard's items' metadata is a file of its own, in the shard's order, so a replica reads its shard's alone
 (versions written before that hold one metadata.parquet for all shards, still read).
 
@@ -15,19 +20,19 @@ FAISS, and runs no code from the files.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import io
 import json
 import os
 import tempfile
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from fastslow import storage
 from fastslow.errors import FastslowError
-from fastslow.index.shards import IndexSpec, import_faiss, resolved
+from fastslow.index.shards import IndexSpec, add_rows, import_faiss, resolved
 
 FORMAT = "fastslow-index"
 FORMAT_VERSION = 1
@@ -96,15 +101,22 @@ def write_manifest(root: str, version: str, shards: list[dict], spec: IndexSpec,
     dims = {s.pop("dim") for s in shards}
     if len(dims) != 1:
         raise FastslowError(f"write_version: shards of different dimensions {sorted(dims)}")
-    if sum(s["count"] for s in shards) != items:
-        raise FastslowError(f"write_version: shards hold {sum(s['count'] for s in shards)} vectors but the "
+    if sum(live_count(s) for s in shards) != items:
+        raise FastslowError(f"write_version: shards hold {sum(live_count(s) for s in shards)} items but the "
                             f"metadata has {items} rows")
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "version": version,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "dim": dims.pop(),
+    created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "version": version, "created": created,
+                "dim": dims.pop(),
                 "metric": spec.metric, "factory": resolved(spec, items).factory, "items": int(items),
+                "training": {"train_sample": spec.train_sample, "seed": spec.seed},
                 "shards": shards, "metadata": {"count": int(items)}, "model": model, "search": search or {}}
     storage.write_text(storage.join(version_dir(root, version), MANIFEST), json.dumps(manifest, indent=2))
     return manifest
+
+
+def live_count(entry: dict) -> int:
+    """The items a shard entry holds: its index's, plus its delta's, less its deleted rows."""
+    return entry["count"] + (entry.get("delta") or {}).get("count", 0) - (entry.get("deleted") or {}).get("count", 0)
 
 
 def write_version(root: str, version: str, indexes: list, rows: list[np.ndarray], metadata, spec: IndexSpec,
@@ -166,6 +178,7 @@ class LoadedIndex:
     rows: list[np.ndarray]
     shard_metadata: list  # pyarrow Tables
     manifest: dict
+    deleted: list[np.ndarray] = field(default_factory=list)  # per shard: the rows deleted since its files were written
 
     @property
     def dim(self) -> int:
@@ -173,10 +186,14 @@ class LoadedIndex:
 
     @property
     def metadata(self):
-        """The loaded shards' metadata as one table in global row order (the whole version's when all loaded)."""
+        """The loaded shards' live items' metadata as one table in global row order (the whole version's when all
+        are loaded; deleted items left out)."""
         import pyarrow as pa
 
-        return pa.concat_tables(self.shard_metadata).take(np.argsort(np.concatenate(self.rows), kind="stable"))
+        rows = np.concatenate(self.rows)
+        live = ~np.isin(rows, np.concatenate(self.deleted)) if self.deleted else np.ones(len(rows), bool)
+        order = np.flatnonzero(live)[np.argsort(rows[live], kind="stable")]
+        return pa.concat_tables(self.shard_metadata).take(order)
 
 
 def _checked(uri: str, expected: str) -> bytes:
@@ -203,37 +220,72 @@ def load_version(root: str, version: str | None = None, shards: list[int] | None
         raise FastslowError(f"{base}: built with another model (weights sha256 {str(model_sha)[:12]}..., "
                             f"expected {expect_model_sha256[:12]}...)")
     wanted = range(len(manifest["shards"])) if shards is None else shards
-    indexes, rows, tables = [], [], []
-    whole = None  # a version written before per-shard metadata: its one table, read once
+    indexes, rows, tables, deleted = [], [], [], []
     for s in wanted:
         if not 0 <= s < len(manifest["shards"]):
             raise FastslowError(f"{base}: no shard {s} (the version has {len(manifest['shards'])})")
-        entry = manifest["shards"][s]
-        uri = storage.join(base, entry["file"])
-        with storage.local_copy(uri) as path:  # streamed to a temp file from S3; read in place locally
-            if storage.file_sha256(path) != entry["sha256"]:
-                raise FastslowError(f"{uri}: checksum does not match the manifest (corrupted or replaced)")
-            index = faiss.read_index(path)
-        members = np.load(io.BytesIO(_checked(storage.join(base, entry["rows_file"]), entry["rows_sha256"])),
-                          allow_pickle=False)
-        if index.d != manifest["dim"]:
-            raise FastslowError(f"{base}/{entry['file']}: dimension {index.d}, manifest says {manifest['dim']}")
-        if index.ntotal != entry["count"] or len(members) != entry["count"]:
-            raise FastslowError(f"{base}/{entry['file']}: holds {index.ntotal} vectors and {len(members)} rows, "
-                                f"manifest says {entry['count']}")
-        if "metadata_file" in entry:
-            table = pq.read_table(pa.BufferReader(_checked(storage.join(base, entry["metadata_file"]),
-                                                      entry["metadata_sha256"])))
-            where = f"{base}/{entry['metadata_file']}"
-        else:
-            whole = whole if whole is not None else _whole_metadata(base, manifest)
-            table, where = whole.take(members), f"{base}/{manifest['metadata']['file']}"
-        if table.num_rows != entry["count"]:
-            raise FastslowError(f"{where}: {table.num_rows} rows, manifest says {entry['count']}")
+        index, members, table = _load_shard(root, base, manifest, manifest["shards"][s])
         indexes.append(index)
         rows.append(members)
         tables.append(table)
-    return LoadedIndex(version=version, indexes=indexes, rows=rows, shard_metadata=tables, manifest=manifest)
+        deleted.append(_deleted_rows(base, manifest["shards"][s]))
+    return LoadedIndex(version=version, indexes=indexes, rows=rows, shard_metadata=tables, manifest=manifest,
+                       deleted=deleted)
+
+
+def _load_shard(root: str, base: str, manifest: dict, entry: dict):
+    """(index, rows, metadata) of one shard entry, checked: its files (in its `dir`'s folder when it shares
+    another version's), then its delta added."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    faiss = import_faiss()
+    folder = version_dir(root, entry["dir"]) if entry.get("dir") else base
+    uri = storage.join(folder, entry["file"])
+    with storage.local_copy(uri) as path:  # streamed to a temp file from S3; read in place locally
+        if storage.file_sha256(path) != entry["sha256"]:
+            raise FastslowError(f"{uri}: checksum does not match the manifest (corrupted or replaced)")
+        index = faiss.read_index(path)
+    members = np.load(io.BytesIO(_checked(storage.join(folder, entry["rows_file"]), entry["rows_sha256"])),
+                      allow_pickle=False)
+    if index.d != manifest["dim"]:
+        raise FastslowError(f"{folder}/{entry['file']}: dimension {index.d}, manifest says {manifest['dim']}")
+    if index.ntotal != entry["count"] or len(members) != entry["count"]:
+        raise FastslowError(f"{folder}/{entry['file']}: holds {index.ntotal} vectors and {len(members)} rows, "
+                            f"manifest says {entry['count']}")
+    if "metadata_file" in entry:
+        table = pq.read_table(pa.BufferReader(_checked(storage.join(folder, entry["metadata_file"]),
+                                                       entry["metadata_sha256"])))
+        where = f"{folder}/{entry['metadata_file']}"
+    else:
+        table, where = _whole_metadata(folder, manifest).take(members), f"{folder}/{manifest['metadata']['file']}"
+    if table.num_rows != entry["count"]:
+        raise FastslowError(f"{where}: {table.num_rows} rows, manifest says {entry['count']}")
+    delta = entry.get("delta")
+    if delta:
+        vectors = np.load(io.BytesIO(_checked(storage.join(base, delta["vectors_file"]), delta["vectors_sha256"])),
+                          allow_pickle=False)
+        added = np.load(io.BytesIO(_checked(storage.join(base, delta["rows_file"]), delta["rows_sha256"])),
+                        allow_pickle=False)
+        more = pq.read_table(pa.BufferReader(_checked(storage.join(base, delta["metadata_file"]),
+                                                      delta["metadata_sha256"])))
+        if not len(vectors) == len(added) == more.num_rows == delta["count"]:
+            raise FastslowError(f"{base}/{delta['vectors_file']}: {len(vectors)} vectors, {len(added)} rows, "
+                                f"{more.num_rows} metadata rows; manifest says {delta['count']}")
+        add_rows(index, np.ascontiguousarray(vectors, dtype=np.float32))
+        members = np.concatenate([members, added])
+        table = pa.concat_tables([table, more.cast(table.schema)])
+    return index, members, table
+
+
+def _deleted_rows(base: str, entry: dict) -> np.ndarray:
+    gone = entry.get("deleted")
+    if not gone:
+        return np.zeros(0, np.int64)
+    rows = np.load(io.BytesIO(_checked(storage.join(base, gone["file"]), gone["sha256"])), allow_pickle=False)
+    if len(rows) != gone["count"]:
+        raise FastslowError(f"{base}/{gone['file']}: {len(rows)} rows, manifest says {gone['count']}")
+    return rows
 
 
 def _whole_metadata(base: str, manifest: dict):

@@ -62,5 +62,6 @@ def public_hit(hit: dict, rank: int) -> dict:
     """What an answer shows of a hit."""
     return {"rank": rank, "id": hit["id"], "location": hit.get("location") or hit["id"], "media": hit["media"],
             "caption": hit["caption"], "metadata": json.loads(hit["metadata"]) if hit.get("metadata") else {},
-            "fast_score": hit["fast_score"], "slow_score": hit.get("slow_score"), "shard": hit["shard"]}
+            "fast_score": hit["fast_score"], "slow_score": hit.get("slow_score"), "fast_rank": hit.get("fast_rank"),
+            "shard": hit["shard"]}
 

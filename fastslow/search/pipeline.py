@@ -49,6 +49,8 @@ class QueryStages:
     fast_weight: float = 0.0
     encode_image: Callable[[np.ndarray], Awaitable[np.ndarray]] | None = None
     item_vector: Callable[[str], Awaitable[np.ndarray | None]] | None = None
+    # Slow's attention maps of the words over each hit (None where one has none), or None and why not.
+    explain: Callable[[str, list[dict]], Awaitable[tuple[list[dict | None] | None, str | None]]] | None = None
 
 
 async def query_vector(stages: QueryStages, req: SearchRequest) -> np.ndarray:
@@ -75,7 +77,7 @@ async def answer_query(stages: QueryStages, req: SearchRequest, version: str | N
     parts, failed = await stages.retrieve(vector, depth, req.filter)
     if not parts:
         raise NoShardAnswered(f"no index shard answered: {'; '.join(failed.values())}")
-    hits = merge_hits(parts, depth, stages.metric)
+    hits = [{**h, "fast_rank": i + 1} for i, h in enumerate(merge_hits(parts, depth, stages.metric))]
     t2 = time.perf_counter()
     degraded, reason, top = False, None, hits[: req.k]
     if rerank and hits:
@@ -85,12 +87,32 @@ async def answer_query(stages: QueryStages, req: SearchRequest, version: str | N
         else:
             top = reranked_top(hits, scores, req.k, req.rerank_k, stages.fast_weight)
     t3 = time.perf_counter()
+    results = [public_hit(h, i + 1) for i, h in enumerate(top)]
+    explain_reason = None
+    if req.explain:
+        explain_reason = await _explain(stages, req, rerank and not degraded, top, results)
     answered = sorted(set(range(stages.num_shards)) - {int(s) for s in failed})
-    return {"query": req.query, "query_by": req.query_by, "like": req.like,
-            "results": [public_hit(h, i + 1) for i, h in enumerate(top)],
+    return {"query": req.query, "query_by": req.query_by, "like": req.like, "results": results,
+            "explain_reason": explain_reason,
             "reranked": rerank and not degraded, "degraded": degraded, "degraded_reason": reason,
             "partial": bool(failed), "shards": {"answered": answered, "failed": failed},
             "index_version": version, "timings_ms": stage_timings(t0, t1, t2, t3)}
+
+
+async def _explain(stages: QueryStages, req: SearchRequest, reranked: bool, top: list[dict],
+                   results: list[dict]) -> str | None:
+    """Put Slow's attention maps on the re-ranked results (`explain` of each); why there are none, else None."""
+    if not reranked:
+        return "only re-ranked results are explained (the answer was not re-ranked)"
+    scored = [i for i, h in enumerate(top) if h.get("slow_score") is not None]
+    if stages.explain is None:
+        return NO_RERANKER
+    maps, reason = await stages.explain(req.query, [top[i] for i in scored])
+    if maps is None:
+        return reason
+    for i, found in zip(scored, maps):
+        results[i]["explain"] = found
+    return None
 
 
 def run_local(coro):
@@ -122,7 +144,7 @@ class SearchPipeline:
         self.reranker = Reranker(slow_checkpoint, first.num_frames) if slow_checkpoint else None
         self.version = first.version
         self.stages = QueryStages(self._encode, self._retrieve, self._rerank, len(self.shards), first.metric,
-                                  fast_weight, self._encode_image, self._item_vector)
+                                  fast_weight, self._encode_image, self._item_vector, self._explain)
 
     def fields(self) -> dict[str, str]:
         """The fields a filter may name in this version (name -> kind), over every shard."""
@@ -145,6 +167,12 @@ class SearchPipeline:
         if self.reranker is None:
             return None, NO_RERANKER
         return self.reranker.score([query], [head])[0], None
+
+    async def _explain(self, query: str, hits: list[dict]) -> tuple[list[dict | None] | None, str | None]:
+        try:
+            return self.reranker.explain(query, hits), None
+        except FastslowError as e:
+            return None, str(e)
 
     def search(self, req: SearchRequest) -> dict:
         """The answer to one query, shaped as the Serve endpoint's; `req.filter` is checked here."""

@@ -26,6 +26,7 @@ class SearchRequest:
     like: str | None = None
     image_weight: float = IMAGE_WEIGHT
     filter: dict | None = None
+    explain: bool = False  # Slow's attention maps of the words over each re-ranked result shown
 
     @property
     def query_by(self) -> str:

@@ -12,6 +12,7 @@ from fastslow.data.decode import DecodeConfig, decode_sample
 from fastslow.data.types import Sample
 from fastslow.devices import autocast, best_device
 from fastslow.errors import DecodeError, FastslowError
+from fastslow.inference.slow_attention import attention_maps
 from fastslow.inference.slow_scores import load_slow, slow_features, slow_score_matrix
 from fastslow.models.slow import SlowModel
 
@@ -118,4 +119,18 @@ class Reranker:
                 scores = slow_score_matrix(self.model, feats, list(queries), torch.from_numpy(grid))
         return [[float(scores[q, c]) if valid[q, c] else None for c in range(len(hits))]
                 for q, hits in enumerate(candidates)]
+
+    def explain(self, query: str, hits: list[dict]) -> list[dict | None]:
+        """Slow's cross-attention maps of `query` over each hit (fastslow.inference.slow_attention), as lists with
+        4 decimals; None for a hit whose media could not be decoded. A FastslowError for a model without maps."""
+        feats, errors = self.features.get(hits)
+        out, row = [], 0
+        for error in errors:
+            if error:
+                out.append(None)
+                continue
+            found = attention_maps(self.model, feats[row], query)
+            row += 1
+            out.append({**found, "maps": found["maps"].numpy().round(4).tolist()})
+        return out
 

@@ -60,9 +60,12 @@ class ShardSearcher:
         self.columns = {f: table.column(f) for f in HIT_FIELDS if f in table.column_names}
         self.fields = ItemFields(table)
         self._by_row = np.argsort(self.rows, kind="stable")
+        # Items deleted since the shard's files were written (fastslow.index.changes): never answered.
+        gone = loaded.deleted[0] if loaded.deleted else np.zeros(0, np.int64)
+        self.alive = ~np.isin(self.rows, gone) if len(gone) else None
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.rows) if self.alive is None else int(self.alive.sum())
 
     def _item(self, position: int, fields=HIT_FIELDS) -> dict:
         return {f: (self.columns[f][position].as_py() if f in self.columns else None) for f in fields}
@@ -73,8 +76,9 @@ class ShardSearcher:
     def search(self, queries: np.ndarray, k: int, filter_spec: dict | None = None) -> list[list[dict]]:
         """Each query's best k of this shard, best first: metadata plus `row`, `fast_score`, `shard`; with a
         (checked) filter, its best k of the items that pass it, k of them whenever k pass."""
-        if filter_spec:
-            scores, rows = self._filtered(queries, k, self.fields.mask(filter_spec))
+        if filter_spec or self.alive is not None:
+            passing = self.fields.mask(filter_spec) if filter_spec else np.ones(len(self.rows), bool)
+            scores, rows = self._filtered(queries, k, passing if self.alive is None else passing & self.alive)
         else:
             scores, rows = search_shard(self.index, self.rows, queries, k, self.params)
         return [[{**self._item(self._position(r)), "row": int(r), "fast_score": float(s), "shard": self.shard}
@@ -117,10 +121,15 @@ class ShardSearcher:
         return best_scores, best_rows
 
     def _find(self, item_id: str) -> int:
-        """The position of `item_id` in this shard, or -1."""
+        """The position of `item_id` in this shard (a live one: an id deleted then added again is held twice), or
+        -1."""
         import pyarrow.compute as pc
 
-        return pc.index(self.columns["id"], item_id).as_py()  # a vectorised scan: no id -> row dict kept
+        if self.alive is None:
+            return pc.index(self.columns["id"], item_id).as_py()  # a vectorised scan: no id -> row dict kept
+        same = np.flatnonzero(pc.equal(self.columns["id"], item_id).to_numpy(zero_copy_only=False))
+        same = same[self.alive[same]]
+        return int(same[0]) if len(same) else -1
 
     def vector(self, item_id: str) -> np.ndarray | None:
         """The vector this shard holds for `item_id` (as FAISS stores it), or None if the shard lacks it."""
