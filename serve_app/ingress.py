@@ -163,17 +163,17 @@ class Ingress:
             raise HTTPException(422, f"rerank_k: {body.rerank_k} is out of range (1 to {lim.max_rerank_k})")
         if body.like is not None and not 0 < len(body.like) <= MAX_ID_CHARS:
             raise HTTPException(422, f"like: an id of 1 to {MAX_ID_CHARS} characters")
+        if body.like is not None and any(0xD800 <= ord(c) <= 0xDFFF for c in body.like):
+            raise HTTPException(422, "like: is not valid Unicode (a lone surrogate)")
         try:
             checked = check_filter(body.filter, {name: f["kind"] for name, f in self.fields.items()})
         except FilterError as e:
             raise HTTPException(422, str(e)) from None
-        return SearchRequest(query, body.k, body.rerank, body.rerank_k, self._image(body.image), body.like,
-                             body.image_weight, checked or None, body.explain)
+        return SearchRequest(query, body.k, body.rerank, body.rerank_k, None, body.like, body.image_weight,
+                             checked or None, body.explain)
 
-    def _image(self, encoded: str | None):
-        """The uploaded image decoded as the index's items were (None without one), or a 413/422 naming `image`."""
-        if encoded is None:
-            return None
+    def _image(self, encoded: str) -> np.ndarray:
+        """The uploaded image decoded as the index's items were, or a 413/422 naming `image`."""
         limit = self.cfg.limits.max_image_bytes
         if not limit:
             raise HTTPException(422, "image: this app takes no image queries (limits.max_image_bytes is 0)")
@@ -257,6 +257,8 @@ class Ingress:
         """Words, an image (base64) or an indexed item (`like`), or words with either, over the items passing
         `filter`; re-ranked by Slow where there are words."""
         req = self._check(body)
+        if body.image is not None:  # decoded off the event loop: a large JPEG takes tens of milliseconds
+            req.image = await asyncio.to_thread(self._image, body.image)
         version = self.version
         stages = QueryStages(self._encode, lambda vector, depth, spec: self._retrieve(vector, depth, version, spec),
                              self._rerank, len(self.retrievers), self.metric, self.cfg.fast_weight, self._encode_image,

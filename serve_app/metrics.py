@@ -2,7 +2,7 @@
 the prefix `ray_` and Serve's deployment, replica and application tags):
 
     fastslow_requests_total{route, outcome}   /search answers: ok, degraded, partial; 4xx; 503; 5xx
-    fastslow_stage_latency_ms{stage}           histogram of encode, retrieve, rerank and total per /search answer
+    fastslow_stage_latency_ms{stage}           histogram of encode, retrieve, rerank, total (and explain) per answer
     fastslow_reranker_queue                    requests waiting for or being scored by a re-ranker replica
 
 Replica counts and Serve's own queues are Serve's metrics (ray_serve_deployment_replica_healthy,
@@ -13,7 +13,7 @@ proxy answers itself (the ingress's queue full) never reaches the app: Serve cou
 
 from __future__ import annotations
 
-STAGES = ("encode", "retrieve", "rerank", "total")
+STAGES = ("encode", "retrieve", "rerank", "total", "explain")
 # Milliseconds: a shard search is around 1, an answer with re-ranking tens to hundreds, a timeout 5,000.
 LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
 

@@ -44,7 +44,7 @@ def test_check_filter_names_what_is_wrong():
              ({"width": {"prefix": "1"}}, "filter.width.prefix: not an operator of a number field (eq, in, gte, lte)"),
              ({"media": {"gte": "image"}}, "filter.media.gte: not an operator of a media field (eq, in)"),
              ({"media": {"in": []}}, "filter.media.in: must be a list of 1 to 1000 values"),
-             ({"media": {"in": ["image", 3]}}, "filter.media.in: every value must be a string, got 3"),
+             ({"media": {"in": ["image", 3]}}, "filter.media.in: every value must be a string (valid Unicode), got 3"),
              ({"id": "a/"}, "filter.id: must be an object of conditions"),
              ({"width": {}}, "filter.width: must be an object of conditions"),
              (["width"], "filter: must be an object")]

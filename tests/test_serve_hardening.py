@@ -107,7 +107,8 @@ FIELDS = {"query": st.text(max_size=600) | HUGE | JUNK, "k": st.integers(-10, 30
           "image_weight": st.floats() | JUNK, "filter": FILTERS | JUNK, "explain": st.booleans() | JUNK}
 TRICKY = [b"", b"null", b"[]", b'"a cat"', b"{not json", b'{"query": "\\ud800 cat"}', b'{"query": "a", "k": NaN}',
           b'{"query": "a", "k": 1e400}', b'{"query": "a", "k": 1.5}', b'{"query": "a\\u0000b"}', b"\xff\xfe{}",
-          b'{"query": "a", "query": 3}', b"[" * 5000 + b"]" * 5000, b'{"query": {"$ne": 1}}']
+          b'{"query": "a", "query": 3}', b"[" * 5000 + b"]" * 5000, b'{"query": {"$ne": 1}}', b'{"like": "\\ud800"}',
+          b'{"query": "a", "filter": {"id": {"prefix": "\\udfff"}}}']
 BODIES = (st.fixed_dictionaries({}, optional=FIELDS).map(lambda d: json.dumps(d).encode())
           | JUNK.map(lambda j: json.dumps(j).encode()) | st.binary(max_size=300) | st.sampled_from(TRICKY))
 CASES = (st.tuples(st.just("POST"), st.just("/search"), BODIES)

@@ -61,9 +61,14 @@ def check_filter(spec, fields: dict[str, str]) -> dict[str, dict]:
     return checked
 
 
+def _is_text(v) -> bool:
+    """A string that can be encoded (no lone surrogate, which JSON can carry and UTF-8 cannot)."""
+    return isinstance(v, str) and not any(0xD800 <= ord(c) <= 0xDFFF for c in v)
+
+
 def _check_value(where: str, kind: str, op: str, value) -> None:
-    wanted = "a number" if kind == NUMBER else "a string"
-    ok = _is_number if kind == NUMBER else (lambda v: isinstance(v, str))
+    wanted = "a number" if kind == NUMBER else "a string (valid Unicode)"
+    ok = _is_number if kind == NUMBER else _is_text
     if op == "in":
         if not isinstance(value, list) or not value or len(value) > MAX_IN:
             raise FilterError(f"{where}: must be a list of 1 to {MAX_IN} values")

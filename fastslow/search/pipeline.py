@@ -88,15 +88,16 @@ async def answer_query(stages: QueryStages, req: SearchRequest, version: str | N
             top = reranked_top(hits, scores, req.k, req.rerank_k, stages.fast_weight)
     t3 = time.perf_counter()
     results = [public_hit(h, i + 1) for i, h in enumerate(top)]
-    explain_reason = None
+    timings, explain_reason = stage_timings(t0, t1, t2, t3), None
     if req.explain:
         explain_reason = await _explain(stages, req, rerank and not degraded, top, results)
+        timings["explain"] = 1e3 * (time.perf_counter() - t3)  # after the answer's own total: it is extra
     answered = sorted(set(range(stages.num_shards)) - {int(s) for s in failed})
     return {"query": req.query, "query_by": req.query_by, "like": req.like, "results": results,
             "explain_reason": explain_reason,
             "reranked": rerank and not degraded, "degraded": degraded, "degraded_reason": reason,
             "partial": bool(failed), "shards": {"answered": answered, "failed": failed},
-            "index_version": version, "timings_ms": stage_timings(t0, t1, t2, t3)}
+            "index_version": version, "timings_ms": timings}
 
 
 async def _explain(stages: QueryStages, req: SearchRequest, reranked: bool, top: list[dict],
