@@ -104,6 +104,10 @@ def test_on_an_ivf_index_the_changed_versions_recall_is_no_lower_than_a_fresh_bu
     # Compaction trains the index again as a fresh build does: the same answers.
     assert recall(_answers(root, versions[2], queries, 10, nprobe=2)) >= fresh
     assert _answers(root, versions[2], queries, 10, nprobe=2) == _answers(fresh_root, "fresh", queries, 10, nprobe=2)
+    # It is the fresh build, file for file: the same index and the same rows in every shard.
+    compacted, fresh_manifest = read_manifest(root, versions[2]), read_manifest(fresh_root, "fresh")
+    for key in ("sha256", "rows_sha256", "count"):
+        assert [e[key] for e in compacted["shards"]] == [e[key] for e in fresh_manifest["shards"]], key
     for version in versions[1:]:
         assert all(i not in deleted for a in _answers(root, version, queries, 10, nprobe=2) for i, _ in a)
 
@@ -140,3 +144,22 @@ def test_garbage_collection_keeps_the_live_version_those_before_it_and_what_they
     assert load_version(root, "v4").metadata.num_rows == 100
     with pytest.raises(FastslowError, match="incomplete or missing version"):
         read_manifest(root, "v1")
+
+
+def test_a_compacted_ivf_has_its_search_setting_measured_again_as_a_fresh_build_does(tmp_path):
+    from fastslow.index.build import store_version
+
+    root, fresh_root = str(tmp_path / "index"), str(tmp_path / "fresh")
+    spec = IndexSpec(factory="IVF16,Flat", shards=2, target_recall=0.95, tune_queries=200)
+    ids, vectors, meta = _items(0, 2400)
+    store_version(root, "base", ids, vectors, meta, spec, {"weights_sha256": "x"})
+    publish(root, "base")
+    more_ids, more_vectors, more_meta = _items(2400, 3000)
+    changes.append_version(root, "base", "appended", more_ids, more_vectors, more_meta)
+    publish(root, "appended")
+    assert read_manifest(root, "appended")["search"] == read_manifest(root, "base")["search"]  # until compaction
+    compacted = read_manifest(root, changes.compact(root)["version"])
+    all_ids, all_vectors, all_meta = _items(0, 3000)
+    store_version(fresh_root, "fresh", all_ids, all_vectors, all_meta, spec, {"weights_sha256": "x"})
+    assert compacted["search"] == read_manifest(fresh_root, "fresh")["search"]
+    assert compacted["search"]["queries"] == 200 and compacted["search"]["target_recall"] == 0.95

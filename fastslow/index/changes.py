@@ -172,15 +172,17 @@ def _changed_version(root: str, base: str, version: str, added_ids: list[str], a
     return _finish(root, version, manifest, entries, next_row + len(added_ids))
 
 
-def _finish(root: str, version: str, base_manifest: dict, entries: list[dict], next_row: int) -> dict:
-    """Write the manifest of a changed version (the base's model and search setting), with `next_row`."""
+def _finish(root: str, version: str, base_manifest: dict, entries: list[dict], next_row: int,
+            search: dict | None = None) -> dict:
+    """Write the manifest of a changed version (the base's model, and its search setting unless `search` is
+    given), with `next_row`."""
     import json
 
     from fastslow.index.publish import live_count
 
     items = sum(live_count(e) for e in entries)
     manifest = write_manifest(root, version, entries, _spec(base_manifest), items, base_manifest["model"],
-                              base_manifest.get("search"))
+                              base_manifest.get("search") if search is None else search)
     manifest["next_row"], manifest["factory"] = int(next_row), base_manifest["factory"]
     storage.write_text(storage.join(version_dir(root, version), MANIFEST), json.dumps(manifest, indent=2))
     return manifest
@@ -263,25 +265,14 @@ def _live_part(loaded, i: int):
 
 
 def _compacted(root: str, base: str, version: str, manifest: dict, rebuilt: list[int], retrain: bool) -> None:
-    """Write `version`: `base`'s shards `rebuilt` written whole (in a copy of their trained index, or, `retrain`,
-    all of them from one index trained anew), the others shared."""
-    import pyarrow as pa
-
-    from fastslow.index.shards import empty_index
-
+    """Write `version`: `base`'s shards `rebuilt` written whole, in a copy of their trained index, the others
+    shared; or, `retrain`, the whole version as a fresh build of its items writes it (`_retrained`)."""
     faiss = import_faiss()
     folder = check_new_version(root, version)
     loaded = load_version(root, base, shards=rebuilt)
     parts = [_live_part(loaded, i) for i in range(len(rebuilt))]
-    fresh = None
     if retrain:
-        # The fresh build's training sample: its items ordered as a build reads them (images, then videos, each in
-        # id order), sampled by the spec's seed.
-        tables = pa.concat_tables([t.take(o) for o, _, _, t in parts])
-        vectors = np.concatenate([v for _, v, _, _ in parts])
-        key = sorted(range(tables.num_rows), key=lambda j: (tables.column("media")[j].as_py() != "image",
-                                                               tables.column("id")[j].as_py()))
-        fresh = empty_index(_spec(manifest), manifest["dim"], vectors[key])
+        return _retrained(root, version, folder, manifest, parts)
     entries = []
     for s, entry in enumerate(manifest["shards"]):
         if s not in rebuilt:
@@ -290,12 +281,47 @@ def _compacted(root: str, base: str, version: str, manifest: dict, rebuilt: list
             entries.append(new)
             continue
         order, vectors, rows, table = parts[rebuilt.index(s)]
-        index = faiss.clone_index(fresh if fresh is not None else loaded.indexes[rebuilt.index(s)])
+        index = faiss.clone_index(loaded.indexes[rebuilt.index(s)])
         index.reset()  # the trained quantizer and codec kept, the items gone
         if len(order):
             add_rows(index, vectors)
         entries.append(write_shard(folder, s, index, rows[order], table.take(order)))
     _finish(root, version, manifest, entries, int(manifest.get("next_row", manifest["items"])))
+
+
+def _retrained(root: str, version: str, folder: str, manifest: dict, parts: list) -> None:
+    """Write every shard of `version` from the live items of `parts` (every shard's) as a fresh build of them
+    would: rows numbered as a build reads the items (images, then videos, each in id order), the index trained on
+    the spec's sample of them, each shard's items in id order, and the search setting measured again."""
+    import pyarrow as pa
+
+    from fastslow.index.shards import empty_index
+    from fastslow.index.tuning import choose_search_setting
+
+    faiss = import_faiss()
+    table = pa.concat_tables([t.take(o) for o, _, _, t in parts])
+    vectors = np.concatenate([v for _, v, _, _ in parts])
+    media, ids = table.column("media").to_pylist(), table.column("id").to_pylist()
+    read_order = np.array(sorted(range(len(ids)), key=lambda j: (media[j] != "image", ids[j])), dtype=np.int64)
+    table, vectors, ids = table.take(read_order), vectors[read_order], [ids[j] for j in read_order]  # row = position
+    spec = _spec(manifest)
+    searched = manifest.get("search") or {}
+    spec.target_recall = searched.get("target_recall", 0.0)
+    spec.tune_queries = searched.get("queries") or spec.tune_queries
+    trained = empty_index(spec, manifest["dim"], vectors)
+    assignment = np.array([shard_of(i, spec.shards) for i in ids], dtype=np.int64)
+    by_id = np.argsort(np.array(ids, dtype=object), kind="stable")
+    indexes, members, entries = [], [], []
+    for s in range(spec.shards):
+        mine = by_id[assignment[by_id] == s]
+        index = faiss.clone_index(trained)
+        if len(mine):
+            add_rows(index, vectors[mine])
+        indexes.append(index)
+        members.append(mine.astype(np.int64))
+        entries.append(write_shard(folder, s, index, mine, table.take(mine)))
+    search = choose_search_setting(indexes, members, vectors, spec) if spec.target_recall > 0 else {}
+    _finish(root, version, manifest, entries, len(ids), search)
 
 
 def collect_garbage(root: str, keep: int) -> list[str]:
