@@ -272,7 +272,7 @@ def _compacted(root: str, base: str, version: str, manifest: dict, rebuilt: list
     loaded = load_version(root, base, shards=rebuilt)
     parts = [_live_part(loaded, i) for i in range(len(rebuilt))]
     if retrain:
-        return _retrained(root, version, folder, manifest, parts)
+        return _retrained(root, version, manifest, parts)
     entries = []
     for s, entry in enumerate(manifest["shards"]):
         if s not in rebuilt:
@@ -289,39 +289,24 @@ def _compacted(root: str, base: str, version: str, manifest: dict, rebuilt: list
     _finish(root, version, manifest, entries, int(manifest.get("next_row", manifest["items"])))
 
 
-def _retrained(root: str, version: str, folder: str, manifest: dict, parts: list) -> None:
-    """Write every shard of `version` from the live items of `parts` (every shard's) as a fresh build of them
-    would: rows numbered as a build reads the items (images, then videos, each in id order), the index trained on
-    the spec's sample of them, each shard's items in id order, and the search setting measured again."""
+def _retrained(root: str, version: str, manifest: dict, parts: list) -> None:
+    """Write `version` from the live items of `parts` (every shard's) with the build's own `store_version`, as a
+    fresh build of them writes it: rows numbered as a build reads the items (images, then videos, each in id
+    order), the index trained on the spec's sample, and the search setting measured again."""
     import pyarrow as pa
 
-    from fastslow.index.shards import empty_index
-    from fastslow.index.tuning import choose_search_setting
+    from fastslow.index.build import store_version
 
-    faiss = import_faiss()
     table = pa.concat_tables([t.take(o) for o, _, _, t in parts])
     vectors = np.concatenate([v for _, v, _, _ in parts])
     media, ids = table.column("media").to_pylist(), table.column("id").to_pylist()
     read_order = np.array(sorted(range(len(ids)), key=lambda j: (media[j] != "image", ids[j])), dtype=np.int64)
-    table, vectors, ids = table.take(read_order), vectors[read_order], [ids[j] for j in read_order]  # row = position
     spec = _spec(manifest)
     searched = manifest.get("search") or {}
     spec.target_recall = searched.get("target_recall", 0.0)
     spec.tune_queries = searched.get("queries") or spec.tune_queries
-    trained = empty_index(spec, manifest["dim"], vectors)
-    assignment = np.array([shard_of(i, spec.shards) for i in ids], dtype=np.int64)
-    by_id = np.argsort(np.array(ids, dtype=object), kind="stable")
-    indexes, members, entries = [], [], []
-    for s in range(spec.shards):
-        mine = by_id[assignment[by_id] == s]
-        index = faiss.clone_index(trained)
-        if len(mine):
-            add_rows(index, vectors[mine])
-        indexes.append(index)
-        members.append(mine.astype(np.int64))
-        entries.append(write_shard(folder, s, index, mine, table.take(mine)))
-    search = choose_search_setting(indexes, members, vectors, spec) if spec.target_recall > 0 else {}
-    _finish(root, version, manifest, entries, len(ids), search)
+    store_version(root, version, [ids[j] for j in read_order], vectors[read_order], table.take(read_order), spec,
+                  manifest["model"])
 
 
 def collect_garbage(root: str, keep: int) -> list[str]:
