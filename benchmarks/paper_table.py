@@ -45,14 +45,19 @@ def parse_args(argv=None):
                    help="change a setting of configs/benchmark/table.yaml for this run (repeatable): "
                         "image.fast:train.epochs=20 adds an override to a preset (image.fast, image.slow, video.fast, "
                         "video.slow, distill); uncaptioned=2000 sets a key of the size")
+    p.add_argument("--no-students", action="store_true",
+                   help="leave out the distilled students and their rows (a tuning run of a Fast or Slow setting: "
+                        "the students take hours to train)")
     p.add_argument("--update-readme", nargs="?", const="README.md", metavar="README",
                    help="after a quick or full run on test with the table's own settings, rewrite the README's "
                         "figures from FILE.json (default README.md)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    if args.update_readme and (args.tiny or args.split != "test" or args.override):
+    if args.update_readme and (args.tiny or args.split != "test" or args.override
+                               or args.no_students or args.modalities != "image,video"):
         p.error("--update-readme: the README quotes the quick and full tables on test with configs/benchmark/"
-                "table.yaml's settings (no --tiny, --split val or --override; put chosen settings in the file)")
+                "table.yaml's settings, every modality and method (no --tiny, --split val, --override, "
+                "--no-students or --modalities; put chosen settings in the file)")
     return args
 
 
@@ -72,13 +77,15 @@ def main(argv=None) -> int:
         models_dir = None if args.models_dir == "none" else Path(args.models_dir)
         rows, notes, timing = run_table(size, args.seed, data_dir, args.modalities.split(","),
                                         progress=not args.no_progress, models_dir=models_dir, retrain=args.retrain,
-                                        split=args.split, overrides=args.override)
+                                        split=args.split, overrides=args.override,
+                                        students=not args.no_students)
     except FastslowError as e:
         print(f"paper_table: error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"size": size, "split": args.split, "seed": args.seed, "overrides": args.override,
+              "students": not args.no_students,
               "data_dir": str(data_dir), "models_dir": args.models_dir, "seconds": round(time.time() - started, 1),
               "timing": timing, "notes": notes, "rows": rows}
     out.write_text(json.dumps(result, indent=2))

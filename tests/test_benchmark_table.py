@@ -82,9 +82,19 @@ def test_tiny_table_has_the_rows_and_files(tmp_path):
     assert {(r["queries"], r["gallery"]) for r in table["rows"] if r["method"] != "slow"} == {(50, 10)}
     assert_recalls_consistent(table["rows"], "image")
     assert_timings(table)
+    # A tuning run of a Fast or Slow setting leaves the students out: only Fast and Slow are loaded, and the
+    # rows it keeps are the full run's.
+    bare = paper_table(tmp_path, "--modalities", "image", "--split", "val", "--no-students")
+    assert bare.returncode == 0 and bare.stderr.count(f"from {models}/") == 2, bare.stderr[-3000:]
+    bare_table = json.loads(out.read_text())
+    assert bare_table["students"] is False
+    assert [strip_timing(r) for r in bare_table["rows"]] == [
+        strip_timing(r) for r in table["rows"] if not r["method"].startswith("fast_")]
+    assert {r["method"] for r in bare_table["rows"]} == {"chance", "fast", "slow", "fast+slow"}
     # The README quotes the test split only: a val run cannot rewrite it.
-    refused = paper_table(tmp_path, "--split", "val", "--update-readme", str(tmp_path / "README.md"))
-    assert refused.returncode == 2 and "--update-readme: the README quotes the quick and full tables" in refused.stderr
+    for partial in (["--split", "val"], ["--no-students"]):
+        refused = paper_table(tmp_path, *partial, "--update-readme", str(tmp_path / "README.md"))
+        assert refused.returncode == 2 and "--update-readme: the README quotes the quick and full" in refused.stderr
 
 
 def assert_recalls_consistent(rows: list[dict], modality: str) -> None:
