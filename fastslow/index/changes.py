@@ -24,8 +24,8 @@ import numpy as np
 from fastslow import storage
 from fastslow.errors import FastslowError
 from fastslow.index.publish import (
-    MANIFEST, _npy_bytes, _parquet_bytes, _sha256, check_new_version, current_version, load_version, publish,
-    read_manifest, version_dir, write_manifest, write_shard)
+    MANIFEST, _npy_bytes, _parquet_bytes, _sha256, check_new_version, current_version, deleted_rows, load_version,
+    publish, read_delta, read_manifest, version_dir, write_manifest, write_shard)
 from fastslow.index.shards import IndexSpec, add_rows, import_faiss, item_vectors, prepare_vectors, shard_of
 from fastslow.log import get_logger
 
@@ -74,7 +74,7 @@ def live_items(root: str, version: str) -> dict[str, str]:
     for s, entry in enumerate(manifest["shards"]):
         ids, rows = shard_items(root, version, s)
         uris, _ = shard_items(root, version, s, "uri")
-        gone = np.isin(rows, _deleted(version_dir(root, version), entry))
+        gone = np.isin(rows, deleted_rows(version_dir(root, version), entry))
         found.update((i, u) for i, u, dead in zip(ids, uris, gone) if not dead)
     return found
 
@@ -82,13 +82,6 @@ def live_items(root: str, version: str) -> dict[str, str]:
 def live_ids(root: str, version: str) -> set[str]:
     """The ids of a version's items (its deleted ones left out)."""
     return set(live_items(root, version))
-
-
-def _deleted(base: str, entry: dict) -> np.ndarray:
-    gone = entry.get("deleted")
-    if not gone:
-        return np.zeros(0, np.int64)
-    return np.load(io.BytesIO(storage.read_bytes(storage.join(base, gone["file"]))), allow_pickle=False)
 
 
 def _shared(entry: dict, base_version: str) -> dict:
@@ -121,21 +114,6 @@ def _write_changes(folder: str, shard: int, entry: dict, vectors: np.ndarray, ro
     return entry
 
 
-def _current_delta(root: str, version: str, shard: int):
-    """(vectors, rows, metadata or None) of shard `shard`'s delta in `version` (empty when it has none)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    manifest, base = read_manifest(root, version), version_dir(root, version)
-    delta = manifest["shards"][shard].get("delta")
-    if not delta:
-        return np.zeros((0, manifest["dim"]), np.float32), np.zeros(0, np.int64), None
-    read = lambda f: storage.read_bytes(storage.join(base, f))  # noqa: E731
-    return (np.load(io.BytesIO(read(delta["vectors_file"])), allow_pickle=False),
-            np.load(io.BytesIO(read(delta["rows_file"])), allow_pickle=False),
-            pq.read_table(pa.BufferReader(read(delta["metadata_file"]))))
-
-
 def _changed_version(root: str, base: str, version: str, added_ids: list[str], added_vectors: np.ndarray,
                      added_metadata, deleted_ids: set[str]) -> dict:
     """Write `version`: `base` with the items added (ids, vectors, metadata rows in the same order) and the items
@@ -152,8 +130,8 @@ def _changed_version(root: str, base: str, version: str, added_ids: list[str], a
     assignment = np.array([shard_of(i, shards) for i in added_ids], dtype=np.int64)
     entries = []
     for s, entry in enumerate(manifest["shards"]):
-        vectors, rows, metadata = _current_delta(root, base, s)
-        deleted = _deleted(version_dir(root, base), entry)
+        vectors, rows, metadata = read_delta(version_dir(root, base), entry, manifest["dim"])
+        deleted = deleted_rows(version_dir(root, base), entry)
         mine = np.flatnonzero(assignment == s)
         mine = mine[np.argsort(new_rows[mine])]
         if len(mine):

@@ -228,7 +228,7 @@ def load_version(root: str, version: str | None = None, shards: list[int] | None
         indexes.append(index)
         rows.append(members)
         tables.append(table)
-        deleted.append(_deleted_rows(base, manifest["shards"][s]))
+        deleted.append(deleted_rows(base, manifest["shards"][s]))
     return LoadedIndex(version=version, indexes=indexes, rows=rows, shard_metadata=tables, manifest=manifest,
                        deleted=deleted)
 
@@ -261,24 +261,37 @@ def _load_shard(root: str, base: str, manifest: dict, entry: dict):
         table, where = _whole_metadata(folder, manifest).take(members), f"{folder}/{manifest['metadata']['file']}"
     if table.num_rows != entry["count"]:
         raise FastslowError(f"{where}: {table.num_rows} rows, manifest says {entry['count']}")
-    delta = entry.get("delta")
-    if delta:
-        vectors = np.load(io.BytesIO(_checked(storage.join(base, delta["vectors_file"]), delta["vectors_sha256"])),
-                          allow_pickle=False)
-        added = np.load(io.BytesIO(_checked(storage.join(base, delta["rows_file"]), delta["rows_sha256"])),
-                        allow_pickle=False)
-        more = pq.read_table(pa.BufferReader(_checked(storage.join(base, delta["metadata_file"]),
-                                                      delta["metadata_sha256"])))
-        if not len(vectors) == len(added) == more.num_rows == delta["count"]:
-            raise FastslowError(f"{base}/{delta['vectors_file']}: {len(vectors)} vectors, {len(added)} rows, "
-                                f"{more.num_rows} metadata rows; manifest says {delta['count']}")
+    vectors, added, more = read_delta(base, entry, manifest["dim"])
+    if more is not None:
         add_rows(index, np.ascontiguousarray(vectors, dtype=np.float32))
         members = np.concatenate([members, added])
         table = pa.concat_tables([table, more.cast(table.schema)])
     return index, members, table
 
 
-def _deleted_rows(base: str, entry: dict) -> np.ndarray:
+def read_delta(base: str, entry: dict, dim: int):
+    """(vectors, rows, metadata table) of a shard entry's delta in the version folder `base`, checked against
+    the manifest; (empty, empty, None) when it has none."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    delta = entry.get("delta")
+    if not delta:
+        return np.zeros((0, dim), np.float32), np.zeros(0, np.int64), None
+    vectors = np.load(io.BytesIO(_checked(storage.join(base, delta["vectors_file"]), delta["vectors_sha256"])),
+                      allow_pickle=False)
+    added = np.load(io.BytesIO(_checked(storage.join(base, delta["rows_file"]), delta["rows_sha256"])),
+                    allow_pickle=False)
+    more = pq.read_table(pa.BufferReader(_checked(storage.join(base, delta["metadata_file"]),
+                                                  delta["metadata_sha256"])))
+    if not len(vectors) == len(added) == more.num_rows == delta["count"]:
+        raise FastslowError(f"{base}/{delta['vectors_file']}: {len(vectors)} vectors, {len(added)} rows, "
+                            f"{more.num_rows} metadata rows; manifest says {delta['count']}")
+    return vectors, added, more
+
+
+def deleted_rows(base: str, entry: dict) -> np.ndarray:
+    """The rows a shard entry deletes (in the version folder `base`), checked against the manifest."""
     gone = entry.get("deleted")
     if not gone:
         return np.zeros(0, np.int64)

@@ -76,9 +76,11 @@ class ShardSearcher:
     def search(self, queries: np.ndarray, k: int, filter_spec: dict | None = None) -> list[list[dict]]:
         """Each query's best k of this shard, best first: metadata plus `row`, `fast_score`, `shard`; with a
         (checked) filter, its best k of the items that pass it, k of them whenever k pass."""
-        if filter_spec or self.alive is not None:
-            passing = self.fields.mask(filter_spec) if filter_spec else np.ones(len(self.rows), bool)
-            scores, rows = self._filtered(queries, k, passing if self.alive is None else passing & self.alive)
+        passing = self.fields.mask(filter_spec) if filter_spec else None
+        if self.alive is not None:  # deleted rows: searched as a filter every item but those passes
+            passing = self.alive if passing is None else passing & self.alive
+        if passing is not None:
+            scores, rows = self._filtered(queries, k, passing)
         else:
             scores, rows = search_shard(self.index, self.rows, queries, k, self.params)
         return [[{**self._item(self._position(r)), "row": int(r), "fast_score": float(s), "shard": self.shard}
