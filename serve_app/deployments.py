@@ -113,7 +113,7 @@ class ShardRetriever:
         """The fields a filter may name in this shard of `version` (ItemFields.describe)."""
         if version not in self.versions:
             await self.load(version)
-        return await asyncio.to_thread(self.versions[version].fields.describe)
+        return await asyncio.to_thread(self.versions[version].describe_fields)
 
     async def ready(self, version: str) -> bool:
         return version in self.versions

@@ -75,6 +75,8 @@ def test_append_delete_compact_answer_as_a_fresh_build_of_the_final_items(tmp_pa
         assert all(s.vector("item-00950") is None and s.lookup("item-00950") is None for s in shards)
         assert sum(s.vector("item-01150") is not None for s in shards) == 1
         assert load_version(root, version).metadata.num_rows == len(keep)
+        # The filterable fields are described over the items held: a deleted item counts in none of them.
+        assert sum(s.describe_fields()["width"]["items"] for s in shards) == len(keep)
     # The appended and deleted versions share the base's shard files; compaction writes the changed shards anew.
     for version in versions[:2]:
         entries = read_manifest(root, version)["shards"]

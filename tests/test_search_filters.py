@@ -76,6 +76,11 @@ def test_masks_keep_exactly_the_items_that_pass():
                                            "min": 0.0, "max": 2980.0}
     halves = merge_descriptions([ItemFields(table.slice(0, 100)).describe(), ItemFields(table.slice(100)).describe()])
     assert halves == described
+    # Over the items still held (a version's deleted ones left out): only theirs count.
+    live = np.zeros(300, bool)
+    live[[1, 2, 4]] = True  # all images; widths 1, 2 and 4
+    assert f.describe(live)["media"]["values"] == ["image"]
+    assert {k: f.describe(live)["width"][k] for k in ("items", "min", "max")} == {"items": 3, "min": 1.0, "max": 4.0}
 
 
 @pytest.fixture(scope="module")

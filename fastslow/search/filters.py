@@ -110,13 +110,16 @@ class ItemFields:
         """field -> kind, for every field a filter may name here."""
         return {"media": MEDIA, "id": ID, **{name: NUMBER for name in self.numbers()}}
 
-    def describe(self) -> dict[str, dict]:
-        """field -> {kind, operators, and the values (media) or the range (numbers) present}: what a page shows."""
+    def describe(self, live: np.ndarray | None = None) -> dict[str, dict]:
+        """field -> {kind, operators, and the values (media) or the range (numbers) present}: what a page shows.
+        `live` (bool per item): only those items count (a version's deleted items do not)."""
+        live = np.ones(self.table.num_rows, bool) if live is None else live
+        media = self.table.column("media").to_pylist()
         out = {"id": {"kind": ID, "operators": list(OPERATORS[ID])},
                "media": {"kind": MEDIA, "operators": list(OPERATORS[MEDIA]),
-                         "values": sorted({m for m in self.table.column("media").to_pylist() if m})}}
+                         "values": sorted({m for m, keep in zip(media, live) if m and keep})}}
         for name, values in self.numbers().items():
-            present = values[~np.isnan(values)]
+            present = values[live & ~np.isnan(values)]
             out[name] = {"kind": NUMBER, "operators": list(OPERATORS[NUMBER]), "items": int(len(present)),
                          "min": float(present.min()) if len(present) else None,
                          "max": float(present.max()) if len(present) else None}

@@ -67,6 +67,10 @@ class ShardSearcher:
     def __len__(self) -> int:
         return len(self.rows) if self.alive is None else int(self.alive.sum())
 
+    def describe_fields(self) -> dict[str, dict]:
+        """The fields a filter may name in this shard, described over its items not deleted (ItemFields.describe)."""
+        return self.fields.describe(self.alive)
+
     def _item(self, position: int, fields=HIT_FIELDS) -> dict:
         return {f: (self.columns[f][position].as_py() if f in self.columns else None) for f in fields}
 
