@@ -78,7 +78,7 @@ def main(argv=None) -> int:
         rows, notes, timing = run_table(size, args.seed, data_dir, args.modalities.split(","),
                                         progress=not args.no_progress, models_dir=models_dir, retrain=args.retrain,
                                         split=args.split, overrides=args.override,
-                                        students=not args.no_students)
+                                        with_students=not args.no_students)
     except FastslowError as e:
         print(f"paper_table: error: {e}", file=sys.stderr)
         return 2

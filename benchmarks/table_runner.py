@@ -139,9 +139,9 @@ def prepare_run(spec: TableSpec, seed: int, root: Path, modality: str, split: st
 
 def run_modality(spec: TableSpec, seed: int, root: Path, modality: str, split: str, progress: bool,
                  models_dir: Path | None = None, retrain: bool = False,
-                 students: bool = True) -> tuple[list[dict], dict]:
+                 with_students: bool = True) -> tuple[list[dict], dict]:
     """Train the models on one modality (or reuse them from `models_dir`), evaluate them on `split`, time them;
-    return its table rows and what the timings covered. `students=False` leaves out the distilled students."""
+    return its table rows and what the timings covered. `with_students=False` leaves out the distilled students."""
     run = prepare_run(spec, seed, root, modality, split, progress, models_dir, retrain)
     fast_model, fast_seconds = run.cache.model("fast", run.fresh_fast, run.depends["fast"])
     n = len(run.evaluation.ids)
@@ -153,7 +153,7 @@ def run_modality(spec: TableSpec, seed: int, root: Path, modality: str, split: s
     answers = [(fast.row, fast_answer(fast.model, fast.emb.gallery)),
                (slow.row, slow_answer(slow.model, slow.features))]
     reranked = rerank_rows(run, "fast+slow", fast, slow)
-    students = distilled(run, fast_model, slow.model) if students else []
+    students = distilled(run, fast_model, slow.model) if with_students else []
     if students:
         # The paper's full system: the distilled Fast (the last student) retrieves, Slow re-ranks.
         reranked += rerank_rows(run, "fast_distilled+slow", students[-1], slow)
@@ -273,16 +273,16 @@ def table_data(spec: TableSpec, size: str, seed: int, root: Path, progress: bool
 
 def run_table(size: str, seed: int, root: Path, modalities: list[str], progress: bool = True,
               models_dir: Path | None = None, retrain: bool = False, split: str = "test",
-              overrides: list[str] = (), students: bool = True) -> tuple[list[dict], list[str], dict]:
+              overrides: list[str] = (), with_students: bool = True) -> tuple[list[dict], list[str], dict]:
     """All rows of the table for the given size on `split`, the notes printed under it, and what each modality's
     timings covered. Trained models are kept in (and reused from) `models_dir` unless it is None; `retrain`
-    trains them all again; `overrides` change the size's settings (`table_spec`); `students=False` leaves out the
-    distilled students (a tuning run of a Fast or Slow setting)."""
+    trains them all again; `overrides` change the size's settings (`table_spec`); `with_students=False` leaves out
+    the distilled students (a tuning run of a Fast or Slow setting)."""
     spec = table_spec(size, overrides=overrides)
     table_data(spec, size, seed, root, progress)
     rows, timing = [], {}
     for modality in modalities:
         modality_rows, timing[modality] = run_modality(spec, seed, root, modality, split, progress, models_dir,
-                                                       retrain, students)
+                                                       retrain, with_students)
         rows += modality_rows
     return rows, table_notes(spec, split), timing
