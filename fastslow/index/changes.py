@@ -128,10 +128,10 @@ def _changed_version(root: str, base: str, version: str, added_ids: list[str], a
     new_rows = np.empty(len(added_ids), np.int64)
     new_rows[order] = next_row + np.arange(len(added_ids))
     assignment = np.array([shard_of(i, shards) for i in added_ids], dtype=np.int64)
-    entries = []
+    entries, base_dir = [], version_dir(root, base)
     for s, entry in enumerate(manifest["shards"]):
-        vectors, rows, metadata = read_delta(version_dir(root, base), entry, manifest["dim"])
-        deleted = deleted_rows(version_dir(root, base), entry)
+        vectors, rows, metadata = read_delta(base_dir, entry, manifest["dim"])
+        deleted = deleted_rows(base_dir, entry)
         mine = np.flatnonzero(assignment == s)
         mine = mine[np.argsort(new_rows[mine])]
         if len(mine):
@@ -150,17 +150,15 @@ def _changed_version(root: str, base: str, version: str, added_ids: list[str], a
     return _finish(root, version, manifest, entries, next_row + len(added_ids))
 
 
-def _finish(root: str, version: str, base_manifest: dict, entries: list[dict], next_row: int,
-            search: dict | None = None) -> dict:
-    """Write the manifest of a changed version (the base's model, and its search setting unless `search` is
-    given), with `next_row`."""
+def _finish(root: str, version: str, base_manifest: dict, entries: list[dict], next_row: int) -> dict:
+    """Write the manifest of a changed version (the base's model and search setting), with `next_row`."""
     import json
 
     from fastslow.index.publish import live_count
 
     items = sum(live_count(e) for e in entries)
     manifest = write_manifest(root, version, entries, _spec(base_manifest), items, base_manifest["model"],
-                              base_manifest.get("search") if search is None else search)
+                              base_manifest.get("search"))
     manifest["next_row"], manifest["factory"] = int(next_row), base_manifest["factory"]
     storage.write_text(storage.join(version_dir(root, version), MANIFEST), json.dumps(manifest, indent=2))
     return manifest
