@@ -2,7 +2,9 @@
 
 Per modality: train Fast; train Slow; evaluate Fast, Slow over the whole gallery,
 Fast then Slow at several K, and Fast distilled from Slow. Distilled Fast has
-Fast's batches and schedule plus the soft-target term; for images with a transfer
+Fast's schedule plus the soft-target term, its batches holding each anchor's
+neighbours (the distill preset's count: the candidates the teacher scores, which
+Fast's own batches may not hold); for images with a transfer
 set (`TableSpec.uncaptioned`) it is instead Fast over the captioned images plus
 uncaptioned ones captioned by Slow, and the soft-target student stays as the row
 `fast_soft_targets`. Every row ranks the same queries (every caption of the
@@ -92,10 +94,18 @@ class ModalityRun:
         """The queries Slow ranks over the whole gallery: each item's first caption (captions come grouped by item)."""
         return np.searchsorted(self.evaluation.caption_pairs()[1], np.arange(len(self.evaluation.ids)))
 
-    def fresh_fast(self, **kwargs) -> FastModel:
+    def fresh_batches(self, cfg: FastTrainConfig) -> FastBatches:
+        """Batches of the training split under `cfg`, their neighbours from an untrained Fast (the visual tower's
+        before training). Every model starts from the seed, so a model trained now equals the one a cache gives."""
+        torch.manual_seed(self.seed)
+        return FastBatches(FastModel(self.models.fast), self.train, cfg, self.progress)
+
+    def fresh_fast(self, cfg: FastTrainConfig | None = None, batches: FastBatches | None = None,
+                   **kwargs) -> FastModel:
+        """Fast trained from the seed, on the run's batches and Fast schedule unless given others."""
         torch.manual_seed(self.seed)
         model = FastModel(self.models.fast)
-        train_fast(model, self.train, self.fast_train, self.progress, batches=self.batches, **kwargs)
+        train_fast(model, self.train, cfg or self.fast_train, self.progress, batches=batches or self.batches, **kwargs)
         return model
 
     def fresh_slow(self):
@@ -111,9 +121,10 @@ class ModalityRun:
         # The teacher's features of the training items: the ones Slow trained on, or computed now.
         features = self.train_features if self.train_features is not None else slow_features(
             slow, self.train.pixels, progress=self.progress)
-        b = self.batches
+        cfg = replace(self.spec.soft_target_schedule(self.modality), seed=self.seed)
+        b = self.batches if cfg == self.fast_train else self.fresh_batches(cfg)
         table = precompute_teacher(slow, features, b.texts, b.caption_item, b.neighbour_table, progress=self.progress)
-        return self.fresh_fast(loss_fn=DistillationLoss(table, self.spec.distill))
+        return self.fresh_fast(cfg, b, loss_fn=DistillationLoss(table, self.spec.distill))
 
 
 def prepare_run(spec: TableSpec, seed: int, root: Path, modality: str, split: str, progress: bool,
@@ -130,10 +141,7 @@ def prepare_run(spec: TableSpec, seed: int, root: Path, modality: str, split: st
     cache = ModelCache(models_dir, {"seed": seed, "modality": modality, "train": split_fingerprint(train)}, retrain)
     run = ModalityRun(spec, modality, seed, progress, models, replace(models.fast_train, seed=seed), train,
                       evaluation, extra, cache)
-    # Batches come from an untrained Fast (their neighbours are the visual tower's before training). Every
-    # model starts from the seed, so a model trained now equals the one a cache would give.
-    torch.manual_seed(seed)
-    run.batches = FastBatches(FastModel(models.fast), train, run.fast_train, progress)
+    run.batches = run.fresh_batches(run.fast_train)
     return run
 
 

@@ -8,7 +8,7 @@ on what `model_depends` returns (benchmarks/model_cache.py): the loaded configs 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
@@ -75,9 +75,16 @@ class TableSpec:
     ks: tuple[int, ...] = (5, 10, 20, 50)
     uncaptioned: int = 0  # training-distribution images without captions: the transfer set of images' fast_distilled
     timing: TimingConfig = field(default_factory=TimingConfig)
+    # The soft-target student's neighbours per anchor (the distill preset's train.neighbours): the teacher scores
+    # each caption against its item's neighbours, so its batches need them even where Fast's have none.
+    distill_neighbours: int = 3
 
     def models(self, modality: str) -> Models:
         return self.video if modality == "video" else self.image
+
+    def soft_target_schedule(self, modality: str) -> FastTrainConfig:
+        """The soft-target student's schedule: its modality's Fast schedule with the distill preset's neighbours."""
+        return replace(self.models(modality).fast_train, neighbours=self.distill_neighbours)
 
 
 def table_sizes(path: Path = TABLE_CONFIG) -> list[str]:
@@ -97,10 +104,15 @@ def table_spec(size: str, path: Path = TABLE_CONFIG, overrides: list[str] = ()) 
     image = _models(plan.image)
     video = image if plan.video is None else _models(plan.video)
     distill = _load(DistillRunConfig, plan.distill)
+    if distill.train.neighbours < 1:
+        raise FastslowError(f"{path.name}: {size}: the distill preset's train.neighbours={distill.train.neighbours}: "
+                            "the soft-target student needs neighbour batches (1 or more), the candidates the "
+                            "teacher scores")
     # The transfer section also names its items and shortlisting checkpoint: the table brings its own.
     captions = TeacherCaptionConfig(**{f.name: getattr(distill.transfer, f.name) for f in fields(TeacherCaptionConfig)})
     return TableSpec(image=image, video=video, distill=distill.distill, teacher_captions=captions,
-                     ks=tuple(plan.rerank_ks), uncaptioned=plan.uncaptioned, timing=plan.timing)
+                     ks=tuple(plan.rerank_ks), uncaptioned=plan.uncaptioned, timing=plan.timing,
+                     distill_neighbours=distill.train.neighbours)
 
 
 PRESETS = ("image.fast", "image.slow", "video.fast", "video.slow", "distill")
@@ -149,5 +161,6 @@ def model_depends(spec: TableSpec, modality: str) -> dict[str, dict]:
     models = spec.models(modality)
     fast = {"fast": models.fast, "fast_train": models.fast_train}
     slow = {"slow": models.slow, "slow_train": models.slow_train}
-    return {"fast": fast, "slow": slow, "fast_soft_targets": {**fast, **slow, "distill": spec.distill},
+    soft = {**fast, "fast_train": spec.soft_target_schedule(modality)}  # equal to Fast's where the neighbours are
+    return {"fast": fast, "slow": slow, "fast_soft_targets": {**soft, **slow, "distill": spec.distill},
             "fast_teacher_captions": {**fast, **slow, "teacher_captions": spec.teacher_captions}}

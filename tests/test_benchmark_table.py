@@ -161,6 +161,25 @@ def test_each_kept_model_is_keyed_on_what_it_depends_on():
     assert longer["fast"] == before["fast"] and all(longer[m] != before[m] for m in longer if m != "fast")
     heavier = keys(replace(spec, distill=replace(spec.distill, weight=spec.distill.weight + 1)), "image")
     assert {m for m in heavier if heavier[m] != before[m]} == {"fast_soft_targets"}
+    # The soft-target student's neighbours (the distill preset's) are its own: they key it alone.
+    wider_pool = keys(replace(spec, distill_neighbours=spec.distill_neighbours + 2), "image")
+    assert {m for m in wider_pool if wider_pool[m] != before[m]} == {"fast_soft_targets"}
+
+
+@pytest.mark.integration  # runs python -m benchmarks.paper_table
+def test_soft_target_student_has_neighbour_batches_when_fast_has_none(tmp_path):
+    """Fast may train on random batches (train.neighbours=0); the soft-target student still gets batches with the
+    distill preset's neighbours, the candidates the teacher scores, where before it failed on the missing table."""
+    spec = table_spec("tiny", overrides=["image.fast:train.neighbours=0"])
+    assert spec.image.fast_train.neighbours == 0
+    assert spec.soft_target_schedule("image") == replace(spec.image.fast_train, neighbours=3)
+    assert table_spec("tiny").soft_target_schedule("image") == replace(table_spec("tiny").image.fast_train, neighbours=3)
+    proc = paper_table(tmp_path, "--modalities", "image", "--override", "image.fast:train.neighbours=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["method"]: r for r in json.loads((tmp_path / "table.json").read_text())["rows"]}
+    assert {"fast", "fast_soft_targets", "fast_distilled"} <= set(rows)
+    with pytest.raises(FastslowError, match="the soft-target student needs neighbour batches"):
+        table_spec("tiny", overrides=["distill:train.neighbours=0"])
 
 
 def test_table_models_come_from_the_presets():
