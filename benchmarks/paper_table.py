@@ -44,7 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--override", action="append", default=[], metavar="[PRESET:]KEY=VALUE",
                    help="change a setting of configs/benchmark/table.yaml for this run (repeatable): "
                         "image.fast:train.epochs=20 adds an override to a preset (image.fast, image.slow, video.fast, "
-                        "video.slow, distill); uncaptioned=2000 sets a key of the size")
+                        "video.slow, distill); uncaptioned=4000 sets a key of the size")
     p.add_argument("--no-students", action="store_true",
                    help="leave out the distilled students and their rows (a tuning run of a Fast or Slow setting: "
                         "the students take hours to train)")

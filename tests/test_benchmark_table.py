@@ -194,7 +194,7 @@ def test_table_models_come_from_the_presets():
     assert quick.image.slow == quick.video.slow == slow.model
     assert (quick.image.slow_train.epochs, quick.video.slow_train.epochs) == (10, 25)
     assert quick.image.slow_train == slow.train and replace(quick.video.slow_train, epochs=10) == slow.train
-    assert quick.ks == (5, 10, 20, 50) and quick.uncaptioned == 4000
+    assert quick.ks == (5, 10, 20, 50) and quick.uncaptioned == 2000
     assert (quick.timing.latency_queries, quick.timing.throughput_queries, quick.timing.batch) == (64, 512, 64)
     assert tiny.video == tiny.image and tiny.image.fast.vision.kind == "tiny_cnn" and tiny.ks == (1, 5, 20)
     with pytest.raises(FastslowError, match="no size 'huge'"):
