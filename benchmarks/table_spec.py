@@ -121,7 +121,7 @@ PRESETS = ("image.fast", "image.slow", "video.fast", "video.slow", "distill")
 def table_override(tree: dict, override: str, size: str) -> None:
     """Apply one override to a size's plan: `PRESET:KEY=VALUE` adds KEY=VALUE to that preset's overrides
     (PRESET one of PRESETS, e.g. image.fast:train.epochs=20); `KEY=VALUE` sets a key of the size itself
-    (uncaptioned=2000, rerank_ks=[5,20], timing.batch=32)."""
+    (uncaptioned=4000, rerank_ks=[5,20], timing.batch=32)."""
     if ":" in override.split("=", 1)[0]:
         preset, setting = override.split(":", 1)
         if preset not in PRESETS:

@@ -30,7 +30,7 @@ class TeacherCaptionConfig:
 
     shortlist: int = 20
     # Nats per token below the teacher's best caption, chosen on the synthetic benchmark's val images
-    # (distilled Fast R@1 78.0 with 0.05, 77.0 with 0.1, 76.8 with 0.2: README, "How the settings were chosen").
+    # (README, "How the settings were chosen", has the runs' figures).
     within: float = 0.05
     most: int = 5
 
