@@ -119,3 +119,14 @@ def test_paper_table_rewrites_the_readme_only_after_a_test_run_with_the_tables_s
         with pytest.raises(SystemExit):
             parse_args(["--out", "o.json", "--update-readme", *refused])
         assert "the README quotes the quick and full tables on test" in capsys.readouterr().err
+
+
+def test_the_readmes_figures_are_those_of_the_kept_test_tables():
+    """The quick and full tables run on test are kept in benchmarks/tables/ (out/ is not in git); the README's
+    generated blocks must be what they render, so a hand edit of a figure fails here."""
+    tables = README.parent / "benchmarks" / "tables"
+    paths = [tables / "quick.json", tables / "full.json"]
+    for path in paths:
+        data = json.loads(path.read_text())
+        assert (data["split"], data["overrides"]) == ("test", []), path
+    assert readme_figures.main([*map(str, paths), "--readme", str(README), "--check"]) == 0
