@@ -96,14 +96,15 @@ def main(argv=None) -> int:
     print(table)
     print(f"\nwrote {out}, {out.with_suffix('.md')} and {out.with_suffix('.png')} in {result['seconds']} s")
     if args.update_readme:
-        from benchmarks.readme_figures import update_readme
+        from benchmarks.readme_figures import keep_table, update_readme
 
         try:
             update_readme(Path(args.update_readme), [out])
-        except FastslowError as e:
+            kept = keep_table(out, Path(args.update_readme))
+        except (FastslowError, OSError) as e:
             print(f"paper_table: error: {e}", file=sys.stderr)
             return 2
-        print(f"rewrote the figures of {args.update_readme} from {out}")
+        print(f"rewrote the figures of {args.update_readme} from {out}; kept the run as {', '.join(map(str, kept))}")
     return 0
 
 

@@ -1,13 +1,15 @@
 """The README's figures, rendered from the benchmark table's JSON (what `python -m benchmarks.paper_table` writes).
 
-    python -m benchmarks.readme_figures out/quick.json out/full.json [--readme README.md] [--check]
+    python -m benchmarks.readme_figures benchmarks/tables/quick.json benchmarks/tables/full.json [--readme README.md] [--check]
 
 README.md holds one block per figure set between marker comments, each rendered from one JSON:
 `<!-- figures:summary:begin -->` ... `<!-- figures:summary:end -->` the opening paragraph's figures (quick images),
 `<!-- figures:quick:begin -->` ... `<!-- figures:quick:end -->` the quick table, its speed-ups and the paper's
 claims, and `figures:full` the same for the full table. Without --check the blocks are rewritten and nothing else;
 with --check nothing is written, and the exit status is 1 when a block differs from what its JSON renders.
-`paper_table --update-readme` runs this after a quick or full run.
+`paper_table --update-readme` runs this after a quick or full run, and keeps that run (`keep_table`) where the
+README's plots and its test read it: the JSON and table in benchmarks/tables/SIZE.json|.md, the plot in
+docs/table_SIZE.png (out/ is not in git).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import shutil
 import sys
 import textwrap
 from pathlib import Path
@@ -181,6 +184,18 @@ def update_readme(readme: Path, tables: list[Path], check: bool = False) -> list
     if not check and text != original:
         readme.write_text(text)
     return diffs
+
+
+def keep_table(out: Path, readme: Path) -> list[Path]:
+    """Copy a quick or full run on test (`out` and the .md and .png beside it) into the repository of `readme`."""
+    size, root = load_table(out)["size"], readme.parent
+    copies = [(out, root / "benchmarks" / "tables" / f"{size}.json"),
+              (out.with_suffix(".md"), root / "benchmarks" / "tables" / f"{size}.md"),
+              (out.with_suffix(".png"), root / "docs" / f"table_{size}.png")]
+    for source, kept in copies:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, kept)
+    return [kept for _, kept in copies]
 
 
 def main(argv=None) -> int:

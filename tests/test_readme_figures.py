@@ -121,6 +121,21 @@ def test_paper_table_rewrites_the_readme_only_after_a_test_run_with_the_tables_s
         assert "the README quotes the quick and full tables on test" in capsys.readouterr().err
 
 
+def test_a_run_that_rewrites_the_readme_is_kept_beside_it(tmp_path):
+    readme, out = tmp_path / "repo" / "README.md", tmp_path / "out" / "full.json"
+    readme.parent.mkdir(), out.parent.mkdir()
+    write(out, table("full"))
+    out.with_suffix(".md").write_text("| table |")
+    out.with_suffix(".png").write_bytes(b"\x89PNG plot")
+    kept = readme_figures.keep_table(out, readme)
+    assert kept == [readme.parent / "benchmarks/tables/full.json", readme.parent / "benchmarks/tables/full.md",
+                    readme.parent / "docs/table_full.png"]
+    assert [p.read_bytes() for p in kept] == [out.read_bytes(), b"| table |", b"\x89PNG plot"]
+    with pytest.raises(readme_figures.FastslowError, match="a run on val"):
+        readme_figures.keep_table(write(out, table("full", split="val")), readme)
+    assert json.loads(kept[0].read_text())["split"] == "test"  # a refused run replaces nothing
+
+
 def test_the_readmes_figures_are_those_of_the_kept_test_tables():
     """The quick and full tables run on test are kept in benchmarks/tables/ (out/ is not in git); the README's
     generated blocks must be what they render, so a hand edit of a figure fails here."""
