@@ -1,6 +1,7 @@
 """The README's figures, rendered from the benchmark table's JSON (what `python -m benchmarks.paper_table` writes).
 
-    python -m benchmarks.readme_figures benchmarks/tables/quick.json benchmarks/tables/full.json [--readme README.md] [--check]
+    python -m benchmarks.readme_figures benchmarks/tables/quick.json benchmarks/tables/full.json \
+        [--readme README.md] [--check]
 
 README.md holds one block per figure set between marker comments, each rendered from one JSON:
 `<!-- figures:summary:begin -->` ... `<!-- figures:summary:end -->` the opening paragraph's figures (quick images),
@@ -194,7 +195,8 @@ def keep_table(out: Path, readme: Path) -> list[Path]:
               (out.with_suffix(".png"), root / "docs" / f"table_{size}.png")]
     for source, kept in copies:
         kept.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, kept)
+        if not (kept.exists() and kept.samefile(source)):  # a run written straight into benchmarks/tables/
+            shutil.copyfile(source, kept)
     return [kept for _, kept in copies]
 
 

@@ -134,6 +134,8 @@ def test_a_run_that_rewrites_the_readme_is_kept_beside_it(tmp_path):
     with pytest.raises(readme_figures.FastslowError, match="a run on val"):
         readme_figures.keep_table(write(out, table("full", split="val")), readme)
     assert json.loads(kept[0].read_text())["split"] == "test"  # a refused run replaces nothing
+    kept[0].with_suffix(".png").write_bytes(b"\x89PNG plot")  # a run written where it is kept stays
+    assert readme_figures.keep_table(kept[0], readme) == kept and kept[1].read_bytes() == b"| table |"
 
 
 def test_the_readmes_figures_are_those_of_the_kept_test_tables():
